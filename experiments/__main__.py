@@ -1,0 +1,55 @@
+"""Command line: `python -m experiments list` or `python -m experiments <name> [flags]`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pathlib
+import sys
+
+from experiments._runner import RunConfig
+
+# name -> (module, one-line description). Each module defines ``run(config) -> dict``.
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "quickstart": (
+        "experiments.quickstart",
+        "Tour of the framework on its embedded default (for now: the DoRA experiment).",
+    ),
+    "dora": (
+        "experiments.dora",
+        "DoRA: pretrain a char-level model on Shakespeare, adapt to a held-out play; "
+        "frozen base stays bit-identical; factored-norm memory table.",
+    ),
+}
+
+
+def print_list(stream=sys.stdout) -> None:
+    width = max(map(len, EXPERIMENTS))
+    for name, (_, description) in EXPERIMENTS.items():
+        print(f"{name.ljust(width)}  {description}", file=stream)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__)
+    parser.add_argument("name", help="an experiment name, or 'list'")
+    parser.add_argument("--full", action="store_true", help="paper-sized run (meant for a GPU)")
+    parser.add_argument("--out", default="runs", help="output folder (default: runs)")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed (default: 0)")
+    args = parser.parse_args(argv)
+    if args.name == "list":
+        print_list()
+        return 0
+    if args.name not in EXPERIMENTS:
+        print(f"unknown experiment {args.name!r}; the experiments are:", file=sys.stderr)
+        print_list(sys.stderr)
+        return 2
+    module = importlib.import_module(EXPERIMENTS[args.name][0])
+    config = RunConfig(name=args.name, full=args.full, out_dir=pathlib.Path(args.out),
+                       seed=args.seed)
+    module.run(config)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
