@@ -12,15 +12,16 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.extend import core as jex_core
 
 
 def _sub_jaxprs(params: dict[str, Any]):
     for value in params.values():
         values = value if isinstance(value, (list, tuple)) else (value,)
         for v in values:
-            if isinstance(v, jax.core.ClosedJaxpr):
+            if isinstance(v, jex_core.ClosedJaxpr):
                 yield v.jaxpr
-            elif isinstance(v, jax.core.Jaxpr):
+            elif isinstance(v, jex_core.Jaxpr):
                 yield v
 
 

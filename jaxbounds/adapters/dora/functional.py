@@ -128,8 +128,8 @@ def dora_column_norm(w0, a, b, scale, *, w0_sq_norm=None):
     at_a = _matmul_f32(a, a, ((0,), (0,)))  # [r, r]
     at_a_b = _matmul_f32(at_a, b.astype(_F32), ((1,), (0,)))  # [r, d_out]
     b32 = b.astype(_F32)
-    cross = _colsum_product(b32, at_w0)
-    quad = _colsum_product(b32, at_a_b)
+    cross = jnp.sum(b32 * at_w0, axis=0)  # [r, d_out] products, the size of AᵀW₀
+    quad = jnp.sum(b32 * at_a_b, axis=0)
     sq = w0_sq_norm.astype(_F32) + 2.0 * s * cross + s * s * quad
     return jnp.sqrt(jnp.maximum(sq, 0.0))
 
