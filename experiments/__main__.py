@@ -23,7 +23,8 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
 }
 
 
-def print_list(stream=sys.stdout) -> None:
+def print_list(stream=None) -> None:
+    stream = sys.stdout if stream is None else stream
     width = max(map(len, EXPERIMENTS))
     for name, (_, description) in EXPERIMENTS.items():
         print(f"{name.ljust(width)}  {description}", file=stream)

@@ -24,6 +24,8 @@ faster than dense on a GPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import pathlib
 import sys
 import time
@@ -43,7 +45,7 @@ from jaxbounds.adapters.dora import (
     dora_linear,
     dora_linear_dense,
 )
-from pallas_kernels import _backend
+from pallas_kernels import DoRABlockSizes, _backend
 
 DEFAULT_SHAPES = ((4096, 4096, 64), (8192, 8192, 384))
 SCALE = 2.0
@@ -67,11 +69,12 @@ def norm_paths():
     }
 
 
-def layer_paths(implementation: str):
+def layer_paths(implementation: str, blocks=None):
     paths = {
         "dense": lambda x, w0, a, b, m, sq: dora_linear_dense(x, w0, a, b, m, SCALE),
         "ours": lambda x, w0, a, b, m, sq: dora_linear(
-            x, w0, a, b, m, SCALE, w0_sq_norm=sq, implementation=implementation),
+            x, w0, a, b, m, SCALE, w0_sq_norm=sq, implementation=implementation,
+            block_sizes=blocks),
     }
     if implementation != "xla":
         paths["ours_xla"] = lambda x, w0, a, b, m, sq: dora_linear(
@@ -105,8 +108,9 @@ def time_paths(fns: dict, args, reps: int) -> dict[str, float]:
     return {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
 
 
-def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps):
-    x, w0, a, b, m = make_inputs(key, tokens, d_in, d_out, rank)
+def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps, dtype=jnp.float32,
+                blocks=None):
+    x, w0, a, b, m = make_inputs(key, tokens, d_in, d_out, rank, dtype)
     sq = jax.jit(column_sq_norm)(w0)
     ct = jax.random.normal(jax.random.fold_in(key, 1), (tokens, d_out), jnp.float32)
     args = (x, w0, a, b, m, sq)
@@ -114,8 +118,8 @@ def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps):
     results = []
     cases = (
         ("norm", norm_paths(), args, abstract[:-1]),
-        ("forward", layer_paths(implementation), args, abstract[:-1]),
-        ("fwd+bwd", {k: with_backward(f) for k, f in layer_paths(implementation).items()},
+        ("forward", layer_paths(implementation, blocks), args, abstract[:-1]),
+        ("fwd+bwd", {k: with_backward(f) for k, f in layer_paths(implementation, blocks).items()},
          (*args, ct), abstract),
     )
     for what, fns, call_args, shapes in cases:
@@ -125,7 +129,8 @@ def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps):
             if name == "dense":
                 continue
             results.append(dict(
-                shape=[d_in, d_out, rank], tokens=tokens, what=what, path=name,
+                shape=[d_in, d_out, rank], tokens=tokens, dtype=jnp.dtype(dtype).name,
+                what=what, path=name,
                 time_ours_s=times[name], time_dense_s=times["dense"],
                 time_ratio=times[name] / times["dense"],
                 largest_intermediate_ours=memory[name],
@@ -151,9 +156,17 @@ def main(argv: list[str] | None = None) -> int:
                         choices=("xla", "triton", "interpret"))
     parser.add_argument("--reps", type=int, default=None,
                         help="timed repetitions (default: 3 on CPU, 20 on GPU)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="dtype of x and W0 (A, B, m stay float32)")
+    parser.add_argument("--blocks", default=None,
+                        help="JSON file {dtype: DoRABlockSizes fields} (from tune_dora.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
+    blocks = None
+    if args.blocks:
+        fields = json.loads(pathlib.Path(args.blocks).read_text()).get(args.dtype)
+        blocks = DoRABlockSizes(**fields) if fields else None
     implementation = _backend.resolve_implementation(args.implementation)
     on_gpu = jax.default_backend() == "gpu"
     reps = args.reps or (20 if on_gpu else 3)
@@ -165,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"shape (d_in, d_out, r) = ({d_in}, {d_out}, {rank}), {args.tokens} tokens ...",
               flush=True)
         results += bench_shape(jax.random.fold_in(key, i), args.tokens, d_in, d_out, rank,
-                               implementation, reps)
+                               implementation, reps, jnp.dtype(args.dtype), blocks)
 
     headers = ["d_in,d_out,r", "what", "path", "ours ms", "dense ms", "time ours/dense",
                "max interm. ours B", "max interm. dense B", "dense/ours mem"]
@@ -174,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
              r["largest_intermediate_dense"], r["memory_ratio_dense_over_ours"]]
             for r in results]
     print(f"\nDoRA benchmark on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"implementation={implementation!r}, median of {reps}")
+          f"implementation={implementation!r}, dtype={args.dtype}, median of {reps}"
+          + (f", blocks={blocks}" if blocks else ""))
     print(format_table(headers, rows))
 
     targets = {}
@@ -190,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 targets[f"cpu_fwd_bwd_ratio_le_1_{tag}"] = r["time_ratio"] <= 1.0
     print("\ntargets:", ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
-    path = write_results(pathlib.Path(args.out) / "bench_dora" / "results.json",
-                         {"implementation": implementation, "reps": reps,
+    path = write_results(pathlib.Path(args.out) / "bench_dora" / f"results_{args.dtype}.json"
+                         if args.dtype != "float32" else
+                         pathlib.Path(args.out) / "bench_dora" / "results.json",
+                         {"implementation": implementation, "reps": reps, "dtype": args.dtype,
+                          "blocks": None if blocks is None else dataclasses.asdict(blocks),
                           "tokens": args.tokens, "results": results, "targets": targets})
     print(f"wrote {path}")
     return 0

@@ -84,19 +84,26 @@ def compiler_params(*, num_warps: int = 4, num_stages: int = 2):
     return cls(num_warps=num_warps, num_stages=num_stages)
 
 
-def dot(a: jax.Array, b: jax.Array, *, trans_a: bool = False, trans_b: bool = False):
+def dot(a: jax.Array, b: jax.Array, *, trans_a: bool = False, trans_b: bool = False,
+        tf32: bool = False):
     """Matrix product of two loaded blocks, accumulated in float32.
 
     Works in the Triton lowering and in the interpreter. Both operands are cast to a common
-    dtype first (Triton's dot needs it).
+    dtype first (Triton's dot needs it). ``tf32=True`` asks the Triton lowering for TF32
+    tensor-core products on float32 operands (``DotAlgorithmPreset.TF32_TF32_F32``), the
+    precision XLA uses by default for float32 GEMMs on GPU; only set it for "triton".
     """
     if trans_a:
         a = a.T
     if trans_b:
         b = b.T
     common = jnp.promote_types(a.dtype, b.dtype)
+    precision = None
+    if tf32 and common == jnp.float32:
+        precision = jax.lax.DotAlgorithmPreset.TF32_TF32_F32
     return jnp.dot(
-        a.astype(common), b.astype(common), preferred_element_type=jnp.float32
+        a.astype(common), b.astype(common), precision=precision,
+        preferred_element_type=jnp.float32,
     )
 
 

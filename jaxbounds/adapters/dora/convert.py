@@ -2,8 +2,8 @@
 
 ``to_dora_params`` walks a params tree and, for every Dense-like layer (a dict with a 2-D
 ``kernel``) whose '/'-joined path passes ``include``, adds ``kernel_sq_norm``, ``lora_a``,
-``lora_b`` (zero) and ``magnitude`` (= column norms of the kernel). The adapted layers then
-equal the base layers exactly.
+``lora_b`` (zero) and ``magnitude`` (= column norms of the kernel, float32). The adapted layers then
+equal the base layers exactly (g = 1).
 
 Two ways to use the result:
 
@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxbounds.adapters.dora.dense import default_lora_a_init
+from jaxbounds.adapters.dora.dense import DoRADense, default_lora_a_init
 from jaxbounds.adapters.dora.functional import column_sq_norm, dora_linear, lora_scale
 
 Include = str | Iterable[str] | Callable[[str], bool] | None
@@ -108,7 +108,7 @@ def to_dora_params(
             out["kernel_sq_norm"] = sq
             out["lora_a"] = lora_a_init(layer_key, (d_in, rank), kernel.dtype)
             out["lora_b"] = jnp.zeros((rank, d_out), kernel.dtype)
-            out["magnitude"] = jnp.sqrt(sq).astype(kernel.dtype)
+            out["magnitude"] = jnp.sqrt(sq)  # float32: g = m / n is exactly 1 at init
             return out
         if isinstance(node, Mapping):
             return {k: convert(v, f"{path}/{k}" if path else str(k)) for k, v in node.items()}
@@ -136,17 +136,29 @@ def dora_interceptor(
         params = to_dora_params(params, rank=8, alpha=16.0, key=key, include="mlp")
         with dora_interceptor(alpha=16.0):
             y = model.apply(params, x)
+
+    A converted layer that is not an ``nn.Dense`` (e.g. ``nn.DenseGeneral``) raises a
+    TypeError rather than being silently ignored. The interception happens at trace time: a
+    function jitted inside the context keeps the DoRA computation in its compiled cache, so
+    jit the function that opens the context (or call it inside the context every time).
+    ``nn.Dense``'s ``precision`` and ``dot_general`` options are not used on adapted layers.
     """
 
     def intercept(next_fun, args, kwargs, context):
         module = context.module
-        if not (
-            isinstance(module, nn.Dense)
-            and context.method_name == "__call__"
-            and module.has_variable("params", "lora_a")
-        ):
+        if context.method_name != "__call__" or isinstance(module, DoRADense):
             return next_fun(*args, **kwargs)
-        (x,) = args
+        if not module.has_variable("params", "lora_a"):
+            return next_fun(*args, **kwargs)
+        if not isinstance(module, nn.Dense):
+            raise TypeError(
+                f"dora_interceptor routes only flax.linen.Dense layers, but module "
+                f"{'/'.join(module.path) or module.name!r} of type {type(module).__name__} "
+                "holds DoRA params (lora_a); exclude it with to_dora_params(include=...)."
+            )
+        if len(args) + len(kwargs) != 1:
+            raise TypeError(f"nn.Dense takes one input; got args={args!r}, kwargs={kwargs!r}.")
+        x = args[0] if args else next(iter(kwargs.values()))
         get = lambda name: module.get_variable("params", name)
         a = get("lora_a")
         scale = lora_scale(alpha, a.shape[1], use_rslora=use_rslora)

@@ -7,7 +7,7 @@ Flax layout, under the same module name an ``nn.Dense`` would have:
   here, and ``freeze_base`` leaves them bit-identical under any optax optimizer);
 * ``kernel_sq_norm`` [d_out]: the cached colsum(W₀ ⊙ W₀), frozen with the base;
 * ``lora_a`` [d_in, r], ``lora_b`` [r, d_out] (zero at init) and ``magnitude`` [d_out]
-  (= ‖W₀[:, j]‖ at init): the adapter.
+  (= ‖W₀[:, j]‖ at init, float32 whatever ``param_dtype`` is): the adapter.
 
 At initialisation the layer equals the base layer exactly.
 """
@@ -74,7 +74,8 @@ class DoRADense(nn.Module):
         a = self.param("lora_a", self.lora_a_init, (d_in, self.rank), self.param_dtype)
         b = self.param("lora_b", nn.initializers.zeros_init(), (self.rank, self.features),
                        self.param_dtype)
-        magnitude = self.param("magnitude", lambda _: jnp.sqrt(sq_norm).astype(self.param_dtype))
+        # m is kept in float32 whatever param_dtype is, so that g = m / n is exactly 1 at init.
+        magnitude = self.param("magnitude", lambda _: jnp.sqrt(sq_norm))
         kernel, sq_norm = jax.lax.stop_gradient(kernel), jax.lax.stop_gradient(sq_norm)
         x, kernel, a, b = nn.dtypes.promote_dtype(x, kernel, a, b, dtype=self.dtype)
         y = dora_linear(

@@ -80,9 +80,6 @@ def check_dora_shapes(w0, a, b, magnitude=None) -> tuple[int, int, int]:
 def _colsum_product(p, q):
     """colsum(P ⊙ Q) for P, Q [k, n] as one dot_general batched over columns: no [k, n]
     elementwise product is formed, and the sum is accumulated in float32."""
-    if p.dtype != q.dtype:
-        common = jnp.promote_types(p.dtype, q.dtype)
-        p, q = p.astype(common), q.astype(common)
     return lax.dot_general(p, q, (((0,), (0,)), ((1,), (1,))), preferred_element_type=_F32)
 
 
@@ -93,9 +90,8 @@ def column_sq_norm(w0):
 
 
 def _matmul_f32(p, q, dims):
-    if p.dtype != q.dtype:
-        common = jnp.promote_types(p.dtype, q.dtype)
-        p, q = p.astype(common), q.astype(common)
+    """A product accumulated in float32. Mixed operand dtypes go straight to dot_general
+    (no promoted copy of W₀ in the jaxpr; XLA converts inside the fused product)."""
     return lax.dot_general(p, q, (dims, ((), ())), preferred_element_type=_F32)
 
 
@@ -111,8 +107,7 @@ def dora_column_norm(w0, a, b, scale, *, w0_sq_norm=None):
       w0_sq_norm: optional cached ``column_sq_norm(w0)``.
 
     Returns:
-      n ∈ [d_out], float32. The largest intermediate is [r, d_out] when W₀, A and B share a
-      dtype (mixed dtypes are promoted first, which copies W₀).
+      n ∈ [d_out], float32. The largest intermediate is [r, d_out], whatever the dtypes.
     """
     d_in, d_out, rank = check_dora_shapes(w0, a, b)
     if w0_sq_norm is None:
@@ -162,6 +157,7 @@ def dora_linear(
     detach_norm: bool = True,
     w0_sq_norm=None,
     implementation: str | None = None,
+    block_sizes=None,
 ):
     """y = g ⊙ (x·W₀ + s·(xA)·B), g = m / ‖W₀ + s·AB‖_col, never forming AB.
 
@@ -175,6 +171,7 @@ def dora_linear(
       w0_sq_norm: optional cached ``column_sq_norm(w0)``.
       implementation: "xla" | "triton" | "interpret" | None, for the fused GEMM
         (:func:`pallas_kernels.dora_matmul`).
+      block_sizes: optional ``pallas_kernels.DoRABlockSizes`` for the kernel.
 
     Returns:
       [..., d_out] in the promoted dtype of x and w0.
@@ -189,21 +186,25 @@ def dora_linear(
     x2 = x.reshape(-1, d_in)
     xa = _matmul_f32(x2, a, ((1,), (0,))).astype(jnp.result_type(x.dtype, a.dtype))
     y = pallas_kernels.dora_matmul(
-        x2, w0, xa, b, g, scale=scale, implementation=implementation
+        x2, w0, xa, b, g, scale=scale, implementation=implementation, block_sizes=block_sizes
     )
     return y.reshape(*lead, d_out)
 
 
 def dora_linear_dense(x, w0, a, b, magnitude, scale, *, detach_norm: bool = True):
-    """Reference DoRA that forms W′ = W₀ + s·AB ∈ [d_in, d_out] (as PEFT does)."""
+    """Reference DoRA that forms W′ = W₀ + s·AB ∈ [d_in, d_out] (as PEFT does).
+
+    The norm is taken in float32; the product x·W′ runs in the promoted dtype of x and W₀
+    (bf16 stays bf16) with float32 accumulation.
+    """
     check_dora_shapes(w0, a, b, magnitude)
+    out_dtype = jnp.result_type(x.dtype, w0.dtype)
     w = w0.astype(_F32) + jnp.asarray(scale, _F32) * jnp.dot(
         a.astype(_F32), b.astype(_F32), preferred_element_type=_F32
     )
     norm = jnp.sqrt(jnp.sum(w * w, axis=0))
     g = dora_scale(magnitude, norm, detach_norm=detach_norm)
-    out_dtype = jnp.result_type(x.dtype, w0.dtype)
-    y = jnp.dot(x.astype(_F32), w, preferred_element_type=_F32) * g
+    y = jnp.dot(x.astype(out_dtype), w.astype(out_dtype), preferred_element_type=_F32) * g
     return y.astype(out_dtype)
 
 
