@@ -43,11 +43,15 @@ def default_backend_is_cuda() -> bool:
     return "rocm" not in version
 
 
-def resolve_implementation(implementation: str | None) -> str:
+def resolve_implementation(implementation: str | None, *, kernel_preferred: bool = True) -> str:
     """Return ``"xla"``, ``"triton"`` or ``"interpret"``.
 
     Args:
       implementation: an explicit choice, or ``None`` for the default.
+      kernel_preferred: the caller's measured hint for the ``None`` default on a CUDA GPU:
+        False when the kernel is known to be slower than XLA for this call (e.g. the DoRA
+        GEMM on float32 inputs, see docs/dora.md), which then resolves to ``"xla"``. An
+        explicit value or the environment variable always wins.
 
     Raises:
       ValueError: for an unknown value (listing the valid ones), or for ``"triton"`` on a
@@ -58,7 +62,7 @@ def resolve_implementation(implementation: str | None) -> str:
         if env:
             implementation = _check_name(env, f"environment variable {ENV_VAR}")
         else:
-            return "triton" if default_backend_is_cuda() else "xla"
+            return "triton" if kernel_preferred and default_backend_is_cuda() else "xla"
     implementation = _check_name(implementation, "implementation")
     if implementation == "triton" and not default_backend_is_cuda():
         raise ValueError(

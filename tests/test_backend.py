@@ -59,3 +59,13 @@ def test_dot_accumulates_in_float32():
 def test_compiler_params_selects_triton():
     params = _backend.compiler_params(num_warps=8, num_stages=2)
     assert params.num_warps == 8 and params.num_stages == 2
+
+
+def test_kernel_preferred_hint_only_changes_the_default(monkeypatch):
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    monkeypatch.setattr(_backend, "default_backend_is_cuda", lambda: True)
+    assert _backend.resolve_implementation(None) == "triton"
+    assert _backend.resolve_implementation(None, kernel_preferred=False) == "xla"
+    assert _backend.resolve_implementation("triton", kernel_preferred=False) == "triton"
+    monkeypatch.setenv(_backend.ENV_VAR, "triton")
+    assert _backend.resolve_implementation(None, kernel_preferred=False) == "triton"

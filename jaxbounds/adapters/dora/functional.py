@@ -89,6 +89,10 @@ def column_sq_norm(w0):
     return _colsum_product(w0, w0)
 
 
+def _is_16bit(dtype) -> bool:
+    return jnp.dtype(dtype).itemsize == 2
+
+
 def _matmul_f32(p, q, dims):
     """A product accumulated in float32. Mixed operand dtypes go straight to dot_general
     (no promoted copy of W₀ in the jaxpr; XLA converts inside the fused product)."""
@@ -119,7 +123,10 @@ def dora_column_norm(w0, a, b, scale, *, w0_sq_norm=None):
                 f"w0_sq_norm must have shape [d_out={d_out}], got {tuple(w0_sq_norm.shape)}."
             )
     s = jnp.asarray(scale, _F32)
-    at_w0 = _matmul_f32(a, w0, ((0,), (0,)))  # [r, d_out]
+    # AᵀW₀ runs in W₀'s dtype when W₀ is 16-bit (A is cast, never W₀: tensor-core speed, no
+    # float32 copy of W₀), accumulated in float32 either way.
+    a_for_w0 = a.astype(w0.dtype) if _is_16bit(w0.dtype) else a
+    at_w0 = _matmul_f32(a_for_w0, w0, ((0,), (0,)))  # [r, d_out]
     at_a = _matmul_f32(a, a, ((0,), (0,)))  # [r, r]
     at_a_b = _matmul_f32(at_a, b.astype(_F32), ((1,), (0,)))  # [r, d_out]
     b32 = b.astype(_F32)
@@ -184,9 +191,14 @@ def dora_linear(
     g = dora_scale(magnitude, norm, detach_norm=detach_norm)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, d_in)
-    xa = _matmul_f32(x2, a, ((1,), (0,))).astype(jnp.result_type(x.dtype, a.dtype))
+    base_dtype = jnp.result_type(x.dtype, w0.dtype)
+    # With 16-bit activations and base, the thin low-rank branch runs in that dtype too
+    # (float32 accumulation), as under mixed-precision autocast.
+    lora_dtype = base_dtype if _is_16bit(base_dtype) else jnp.result_type(x.dtype, a.dtype)
+    xa = _matmul_f32(x2, a, ((1,), (0,))).astype(lora_dtype)
     y = pallas_kernels.dora_matmul(
-        x2, w0, xa, b, g, scale=scale, implementation=implementation, block_sizes=block_sizes
+        x2, w0, xa, b.astype(lora_dtype), g, scale=scale, implementation=implementation,
+        block_sizes=block_sizes,
     )
     return y.reshape(*lead, d_out)
 
