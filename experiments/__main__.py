@@ -20,6 +20,19 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "DoRA: pretrain a char-level model on Shakespeare, adapt to a held-out play; "
         "frozen base stays bit-identical; factored-norm memory table.",
     ),
+    "generalization_measures": (
+        "experiments.generalization_measures",
+        "Jiang et al. measures on a 2^6 grid of digits MLPs: Kendall tau, granulated Psi, "
+        "PAC-Bayes tightness gaps.",
+    ),
+    "data_diet": (
+        "experiments.data_diet",
+        "Data Diet: EL2N-pruned vs random subsets of digits, accuracy vs fraction kept.",
+    ),
+    "limit": (
+        "experiments.limit",
+        "LIMIT: critical n per embedding dimension d by free-embedding optimisation, vs the fit.",
+    ),
 }
 
 

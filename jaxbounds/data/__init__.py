@@ -1,0 +1,1 @@
+"""Data utilities: data-pruning scores (EL2N, GraNd)."""
