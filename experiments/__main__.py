@@ -33,6 +33,26 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "experiments.limit",
         "LIMIT: critical n per embedding dimension d by free-embedding optimisation, vs the fit.",
     ),
+    "sensitivity_sampling": (
+        "experiments.sensitivity_sampling",
+        "lp subspace embeddings: distortion vs sample size for uniform, leverage, root-leverage, "
+        "Lewis and sensitivity sampling; lp regression on the sample.",
+    ),
+    "weighted_least_squares": (
+        "experiments.weighted_least_squares",
+        "Optimal weighted least squares on Legendre bases: i.i.d. Christoffel, DPP, volume and "
+        "repeated-DPP sampling; L2 error and stability vs n/m.",
+    ),
+    "svd_clustering": (
+        "experiments.svd_clustering",
+        "Concatenated-matrix SVD compression: greedy clustering with Weyl, residual, approximate "
+        "and certified projection bounds; compression ratio and true error.",
+    ),
+    "ldp_regression": (
+        "experiments.ldp_regression",
+        "Sparse linear regression under local differential privacy: error vs n and eps beside "
+        "the upper and lower bound rates.",
+    ),
 }
 
 

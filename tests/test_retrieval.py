@@ -13,9 +13,14 @@ from scipy.linalg import hadamard
 
 from jaxbounds.bounds import retrieval
 
-jax.config.update("jax_enable_x64", True)
-
 KEY = jax.random.PRNGKey(0)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """Every test here runs in float64, without leaking x64 into other test modules."""
+    with jax.enable_x64(True):
+        yield
 
 
 def _poly(d: float) -> float:
