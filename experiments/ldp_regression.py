@@ -1,0 +1,355 @@
+"""Sparse linear regression under local differential privacy: error vs n and vs ε.
+
+``python -m experiments ldp_regression [--full] [--seed N] [--out DIR]``
+
+Zhu, Ding, Aggarwal, Xu and Wang, "Improved analysis of sparse linear regression in local
+differential privacy model" (ICLR 2024, arXiv 2310.07367) prove that non-interactive ε-LDP
+estimation of a k-sparse β* in ℝ^d from n users has ℓ2 error between √(dk log d)/(√n ε)
+(lower bound) and Õ(d√k/(√n ε)) (their algorithm), improved by √d with public unlabeled
+data. Both rates fall as n^{-1/2} and ε^{-1}. Here:
+
+1. Synthetic sub-Gaussian data: x with i.i.d. Rademacher (default) or Gaussian entries,
+   β* with k nonzero entries ±1/√k (‖β*‖₂ = 1) on a random support, y = ⟨x, β*⟩ + N(0, σ²).
+2. Every user clips (‖x̃‖_∞ ≤ r, |ỹ| ≤ r') and releases x̃x̃ᵀ and x̃ỹ with Laplace noise
+   (pure ε-LDP, :func:`jaxbounds.bounds.privacy.privatize_statistics`); in the public-data
+   variant the server estimates Σ from as many public unlabeled x's as there are users and the
+   users release only x̃ỹ (:func:`~jaxbounds.bounds.privacy.privatize_products`). A third,
+   non-private curve runs the same estimator on the clipped data without noise.
+3. The server's estimate is iterative hard thresholding on (Σ̄, ĉ) (``method="iht"``)
+   (:func:`~jaxbounds.bounds.privacy.sparse_estimate`).
+4. Users are streamed in chunks and the sums kept at every n of the grid, so the n sweep
+   uses nested prefixes of one stream of users per seed; all ε of the grid privatise the
+   same users with the same standard Laplace draws scaled by Δ₁/ε (common random numbers).
+5. Fit the log-log slopes of the mean error (over seeds) against n (at ``epsilon_ref``) and
+   against ε (at the largest n); theory: −1/2 and −1. The verdict is computed from the fit:
+   a slope matches if it is within ``max(slope_tolerance, 2·standard error)`` of the theory,
+   the standard error coming from the spread of the per-seed slopes.
+
+Writes ``results.json`` and ``error_vs_n_eps.png`` under ``runs/<name>/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments._runner import RunConfig, format_table, progress, write_results
+from jaxbounds.bounds import privacy as pv
+
+VARIANTS = ("ldp", "ldp_public", "non_private")
+LABELS = {"ldp": "ε-LDP (Laplace), no public data",
+          "ldp_public": "ε-LDP (Laplace) + public unlabeled x",
+          "non_private": "non-private (clipped, no noise)"}
+PAPER = {
+    "claim": "NLDP: lower bound Ω(√(dk log d)/(√n ε)), upper bound Õ(d√k/(√n ε)), improved "
+             "by √d with public unlabeled data; sequentially interactive: Ω(√(dk)/(√n ε)) and "
+             "Õ(k√d/(√n ε)).",
+    "slope_vs_n": -0.5,
+    "slope_vs_epsilon": -1.0,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LDPRegressionSettings:
+    """Everything the experiment varies. The defaults run in a few minutes on a 2-core CPU."""
+
+    d: int = 8
+    k: int = 2
+    design: str = "rademacher"
+    noise_std: float = 0.5
+    clip_x: float = 1.0
+    clip_y: float = 3.0
+    n_grid: tuple[int, ...] = (50_000, 100_000, 200_000, 400_000, 800_000, 1_600_000)
+    epsilons: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)
+    epsilon_ref: float = 8.0  # the ε of the error-vs-n sweep
+    seeds: int = 5
+    chunk: int = 25_000  # users privatised per jitted call; divides every n
+    method: str = "iht"  # IHT inverts only the k×k support block: robust to noisy Σ̂
+    min_eigenvalue: float = 1e-2
+    slope_tolerance: float = 0.1
+
+    @classmethod
+    def full(cls) -> LDPRegressionSettings:
+        """``--full``: a longer n sweep, a larger d and more seeds."""
+        return cls(d=16, k=3, n_grid=tuple(100_000 * 2**j for j in range(7)), seeds=10,
+                   chunk=50_000, epsilons=(2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0),
+                   epsilon_ref=16.0)
+
+    @classmethod
+    def for_run(cls, config: RunConfig) -> LDPRegressionSettings:
+        return cls.full() if config.full else cls()
+
+    def __post_init__(self):
+        for name in ("d", "k", "seeds", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.k > self.d:
+            raise ValueError(f"k must be <= d, got k = {self.k}, d = {self.d}.")
+        if self.design not in ("rademacher", "gaussian"):
+            raise ValueError(f"design must be 'rademacher' or 'gaussian', got {self.design!r}.")
+        if len(self.n_grid) < 2 or any(n % self.chunk or n <= 0 for n in self.n_grid) \
+                or list(self.n_grid) != sorted(set(self.n_grid)):
+            raise ValueError(f"n_grid must hold >= 2 increasing multiples of chunk = "
+                             f"{self.chunk}, got {self.n_grid!r}.")
+        if len(self.epsilons) < 2 or any(e <= 0 for e in self.epsilons) \
+                or list(self.epsilons) != sorted(set(self.epsilons)):
+            raise ValueError(f"epsilons must hold >= 2 increasing values > 0, got "
+                             f"{self.epsilons!r}.")
+        if self.epsilon_ref not in self.epsilons:
+            raise ValueError(f"epsilon_ref must be one of epsilons {self.epsilons!r}, got "
+                             f"{self.epsilon_ref!r}.")
+        for name in ("clip_x", "clip_y", "min_eigenvalue", "slope_tolerance"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
+        if self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std}.")
+
+
+# --- simulation ---------------------------------------------------------------------------
+
+
+def make_beta(rng: np.random.Generator, d: int, k: int) -> np.ndarray:
+    """k-sparse β* with entries ±1/√k on a random support (‖β*‖₂ = 1)."""
+    beta = np.zeros(d)
+    support = rng.choice(d, k, replace=False)
+    beta[support] = rng.choice([-1.0, 1.0], k) / np.sqrt(k)
+    return beta
+
+
+@functools.partial(jax.jit, static_argnames=("chunk", "design", "clip_x", "clip_y"))
+def chunk_sums(key, beta, epsilons, noise_std, *, chunk, design, clip_x, clip_y):
+    """Sums over one chunk of users of every released statistic, for every ε at once."""
+    k_data, k_public, k_stats, k_products = jax.random.split(key, 4)
+    x, y = pv.make_sparse_regression(k_data, chunk, beta, design=design, noise_std=noise_std)
+    x_public, _ = pv.make_sparse_regression(k_public, chunk, beta, design=design)
+
+    def private(eps):
+        mats, vecs = pv.privatize_statistics(k_stats, x, y, eps, clip_x=clip_x, clip_y=clip_y)
+        products = pv.privatize_products(k_products, x, y, eps, clip_x=clip_x, clip_y=clip_y)
+        return mats.sum(0), vecs.sum(0), products.sum(0)
+
+    mats, vecs, products = jax.vmap(private)(epsilons)
+    x_c, y_c = pv.clip_data(x, y, clip_x, clip_y)
+    x_pub = jnp.clip(x_public, -clip_x, clip_x)
+    return {"ldp_mat": mats, "ldp_vec": vecs, "public_vec": products,
+            "clean_mat": x_c.T @ x_c, "clean_vec": x_c.T @ y_c, "public_mat": x_pub.T @ x_pub}
+
+
+def estimate_errors(sums: dict[str, np.ndarray], n: int, beta: np.ndarray,
+                    settings: LDPRegressionSettings) -> dict[str, np.ndarray]:
+    """ℓ2 errors of the three estimators at one n: {variant: [E]} (non-private: constant)."""
+    est = jax.vmap(lambda c, v: pv.sparse_estimate(c, v, settings.k, method=settings.method,
+                                                   min_eigenvalue=settings.min_eigenvalue))
+    num_eps = len(settings.epsilons)
+    tile = lambda m: np.broadcast_to(m, (num_eps, *m.shape))
+    problems = {
+        "ldp": (sums["ldp_mat"] / n, sums["ldp_vec"] / n),
+        "ldp_public": (tile(sums["public_mat"] / n), sums["public_vec"] / n),
+        "non_private": (tile(sums["clean_mat"] / n), tile(sums["clean_vec"] / n)),
+    }
+    return {name: np.linalg.norm(np.asarray(est(jnp.asarray(c), jnp.asarray(v))) - beta,
+                                 axis=-1) for name, (c, v) in problems.items()}
+
+
+def simulate(settings: LDPRegressionSettings, seed: int) -> tuple[np.ndarray, dict]:
+    """errors[variant] with shape [seeds, len(n_grid), len(epsilons)]."""
+    errors = {v: np.zeros((settings.seeds, len(settings.n_grid), len(settings.epsilons)))
+              for v in VARIANTS}
+    betas = []
+    epsilons = jnp.asarray(settings.epsilons)
+    num_chunks = settings.n_grid[-1] // settings.chunk
+    bar = progress(range(settings.seeds * num_chunks), desc="users privatised (chunks)")
+    root = jax.random.key(seed, impl="rbg")
+    it = iter(bar)
+    for s in range(settings.seeds):
+        beta = make_beta(np.random.default_rng([seed, s]), settings.d, settings.k)
+        betas.append(beta.tolist())
+        beta_j = jnp.asarray(beta)
+        totals = None
+        for c in range(num_chunks):
+            next(it)
+            sums = chunk_sums(jax.random.fold_in(jax.random.fold_in(root, s), c), beta_j,
+                              epsilons, settings.noise_std, chunk=settings.chunk,
+                              design=settings.design, clip_x=settings.clip_x,
+                              clip_y=settings.clip_y)
+            sums = {key: np.asarray(v, np.float64) for key, v in sums.items()}
+            totals = sums if totals is None else {key: totals[key] + sums[key] for key in sums}
+            n = (c + 1) * settings.chunk
+            if n in settings.n_grid:
+                i = settings.n_grid.index(n)
+                for name, err in estimate_errors(totals, n, beta, settings).items():
+                    errors[name][s, i] = err
+        bar.set_postfix(seed=s)
+    bar.close()
+    return errors, {"betas": betas}
+
+
+# --- analysis -----------------------------------------------------------------------------
+
+
+def fit_slope(x, y) -> float:
+    """Least-squares slope of log y against log x."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
+
+
+def slope_summary(x, errors_per_seed: np.ndarray, theory: float, tolerance: float) -> dict:
+    """Slope of the seed-mean error, per-seed slopes, their standard error, and a verdict."""
+    x = np.asarray(x, float)
+    mean = errors_per_seed.mean(0)
+    slope = fit_slope(x, mean)
+    per_seed = [fit_slope(x, e) for e in errors_per_seed]
+    se = float(np.std(per_seed, ddof=1) / np.sqrt(len(per_seed))) if len(per_seed) > 1 else 0.0
+    allowed = max(tolerance, 2 * se)
+    half = len(x) // 2  # a diagnostic of curvature, not used by the verdict
+    upper_half = fit_slope(x[half:], mean[half:]) if len(x) - half >= 2 else slope
+    return {"fitted": slope, "theory": theory, "per_seed": per_seed, "standard_error": se,
+            "allowed_deviation": allowed, "matches": bool(abs(slope - theory) <= allowed),
+            "fitted_upper_half": upper_half}
+
+
+def make_verdict(slopes: dict[str, dict[str, dict]]) -> dict[str, Any]:
+    lines = []
+    for variant in ("ldp", "ldp_public"):
+        for axis, label in (("n", "n"), ("epsilon", "ε")):
+            s = slopes[variant][axis]
+            word = "matches" if s["matches"] else "does NOT match"
+            lines.append(f"{LABELS[variant]}: slope vs {label} {s['fitted']:+.3f} "
+                         f"(± {s['standard_error']:.3f}) {word} the theory {s['theory']:+.1f} "
+                         f"(allowed deviation {s['allowed_deviation']:.3f}; upper half of the "
+                         f"grid alone: {s['fitted_upper_half']:+.3f}).")
+    ok = all(slopes[v][a]["matches"] for v in ("ldp", "ldp_public") for a in ("n", "epsilon"))
+    lines.append("All fitted slopes match the 1/(√n ε) rate." if ok else
+                 "At least one fitted slope does not match the 1/(√n ε) rate.")
+    return {"all_match": ok, "text": lines}
+
+
+def bound_curves(n, eps, settings: LDPRegressionSettings) -> dict[str, np.ndarray]:
+    d, k = settings.d, settings.k
+    return {"nldp_upper": np.asarray(pv.nldp_upper_bound(n, d, k, eps)),
+            "nldp_upper_public": np.asarray(pv.nldp_upper_bound(n, d, k, eps,
+                                                                public_data=True)),
+            "nldp_lower": np.asarray(pv.nldp_lower_bound(n, d, k, eps))}
+
+
+# --- plot ---------------------------------------------------------------------------------
+
+
+def plot(path, settings: LDPRegressionSettings, errors, slopes) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_grid = np.asarray(settings.n_grid, float)
+    eps = np.asarray(settings.epsilons, float)
+    i_eps = settings.epsilons.index(settings.epsilon_ref)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    sweeps = [(axes[0], n_grid, lambda e: e[:, :, i_eps], "n (users)",
+               bound_curves(n_grid, settings.epsilon_ref, settings), "n",
+               f"error vs n (ε = {settings.epsilon_ref:g})"),
+              (axes[1], eps, lambda e: e[:, -1, :], "ε",
+               bound_curves(settings.n_grid[-1], eps, settings), "epsilon",
+               f"error vs ε (n = {settings.n_grid[-1]:,})")]
+    for ax, x, take, xlabel, bounds, axis, title in sweeps:
+        for variant, marker in zip(VARIANTS, "osd"):
+            e = take(errors[variant])
+            label = LABELS[variant]
+            if variant != "non_private":
+                label += f" (slope {slopes[variant][axis]['fitted']:+.2f})"
+            ax.errorbar(x, e.mean(0), yerr=e.std(0), marker=marker, capsize=3, label=label)
+        ax.plot(x, bounds["nldp_upper"], "k--", label="upper d√k/(√n ε)")
+        ax.plot(x, bounds["nldp_upper_public"], "k-.", label="upper, public: √(dk)/(√n ε)")
+        ax.plot(x, bounds["nldp_lower"], "k:", label="lower √(dk log d)/(√n ε)")
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="‖β̂ − β*‖₂", title=title)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7, loc="lower left")
+    fig.suptitle(f"Sparse linear regression under LDP: d = {settings.d}, k = {settings.k}, "
+                 f"{settings.design} x, mean ± std over {settings.seeds} seeds "
+                 "(bound constants = 1)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --- the experiment -----------------------------------------------------------------------
+
+
+def run(config: RunConfig, *, settings: LDPRegressionSettings | None = None) -> dict[str, Any]:
+    """Run the experiment (in float64); returns (and writes to ``results.json``) its results."""
+    settings = settings or LDPRegressionSettings.for_run(config)
+    with jax.enable_x64(True):
+        return _run(config, settings)
+
+
+def _run(config: RunConfig, settings: LDPRegressionSettings) -> dict[str, Any]:
+    started = time.perf_counter()
+    scales = pv.release_noise_scales(settings.d, 1.0, settings.clip_x, settings.clip_y)
+    public_scale = pv.release_noise_scales(settings.d, 1.0, settings.clip_x, settings.clip_y,
+                                           public=True)[1]
+    print(f"LDP sparse regression: d = {settings.d}, k = {settings.k}, {settings.design} x, "
+          f"clip r = {settings.clip_x:g}, r' = {settings.clip_y:g}; Laplace scale per "
+          f"coordinate {float(scales[0]):.4g}/ε (joint), {float(public_scale):.4g}/ε (public "
+          f"variant); n up to {settings.n_grid[-1]:,}, {settings.seeds} seeds.")
+    errors, extra = simulate(settings, config.seed)
+    sim_seconds = time.perf_counter() - started
+
+    i_eps = settings.epsilons.index(settings.epsilon_ref)
+    slopes = {v: {"n": slope_summary(settings.n_grid, errors[v][:, :, i_eps], -0.5,
+                                     settings.slope_tolerance),
+                  "epsilon": slope_summary(settings.epsilons, errors[v][:, -1, :], -1.0,
+                                           settings.slope_tolerance)}
+              for v in ("ldp", "ldp_public")}
+    verdict = make_verdict(slopes)
+
+    n_bounds = bound_curves(np.asarray(settings.n_grid, float), settings.epsilon_ref, settings)
+    e_bounds = bound_curves(settings.n_grid[-1], np.asarray(settings.epsilons), settings)
+    mean = lambda a: a.mean(0)
+    table_n = [{"n": n, **{v: float(mean(errors[v])[i, i_eps]) for v in VARIANTS},
+                **{b: float(n_bounds[b][i]) for b in n_bounds}}
+               for i, n in enumerate(settings.n_grid)]
+    table_eps = [{"epsilon": e, **{v: float(mean(errors[v])[-1, j]) for v in VARIANTS},
+                  **{b: float(e_bounds[b][j]) for b in e_bounds}}
+                 for j, e in enumerate(settings.epsilons)]
+    total_seconds = time.perf_counter() - started
+
+    headers = ["n", "LDP err", "LDP+public err", "non-private err", "upper d√k/(√nε)",
+               "lower √(dk log d)/(√nε)"]
+    print(f"\nerror vs n at ε = {settings.epsilon_ref:g} (mean over {settings.seeds} seeds):")
+    print(format_table(headers, [[r["n"], r["ldp"], r["ldp_public"], r["non_private"],
+                                  r["nldp_upper"], r["nldp_lower"]] for r in table_n]))
+    print(f"\nerror vs ε at n = {settings.n_grid[-1]:,}:")
+    print(format_table(["ε", *headers[1:]],
+                       [[r["epsilon"], r["ldp"], r["ldp_public"], r["non_private"],
+                         r["nldp_upper"], r["nldp_lower"]] for r in table_eps]))
+    print("\nverdict:")
+    for line in verdict["text"]:
+        print(f"  {line}")
+    print(f"\ntime: simulation {sim_seconds:.1f} s, total {total_seconds:.1f} s")
+
+    results = {
+        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
+        "privacy": {"mechanism": "laplace (pure ε-LDP)",
+                    "laplace_scale_times_epsilon": float(scales[0]),
+                    "laplace_scale_times_epsilon_public": float(public_scale),
+                    "common_random_numbers": "all ε share the users and the standard Laplace "
+                                             "draws; n values are nested prefixes"},
+        "betas": extra["betas"],
+        "errors": {v: errors[v] for v in VARIANTS},
+        "error_vs_n": table_n,
+        "error_vs_epsilon": table_eps,
+        "slopes": slopes,
+        "verdict": verdict,
+        "paper": PAPER,
+        "seconds": {"simulation": sim_seconds, "total": total_seconds},
+    }
+    run_dir = config.run_dir
+    plot(run_dir / "error_vs_n_eps.png", settings, errors, slopes)
+    path = write_results(run_dir / "results.json", results)
+    print(f"wrote {path} and {run_dir / 'error_vs_n_eps.png'}")
+    return results
