@@ -6,13 +6,20 @@ vmappable, float64-capable functions, one module per family.
   (:mod:`~jaxbounds.bounds.spectral` for power-iteration spectral norms).
 - :mod:`~jaxbounds.bounds.retrieval`: embedding-dimension limits of retrieval (LIMIT).
 - :mod:`~jaxbounds.bounds.nuclear`: Matrix Nuclear-Norm and matrix entropy.
+- :mod:`~jaxbounds.bounds.sensitivity`: leverage scores, Lewis weights, ℓp sensitivities.
+- :mod:`~jaxbounds.bounds.sampling`: Christoffel, DPP and volume sampling, weighted LS.
+- :mod:`~jaxbounds.bounds.svd`: concatenated-matrix SVD compression bounds and clustering.
+- :mod:`~jaxbounds.bounds.privacy`: sparse regression under local differential privacy.
 
 Modules are imported on first use: ``from jaxbounds.bounds import pac_bayes``.
 """
 
 import importlib
 
-_MODULES = ("measures", "nuclear", "pac_bayes", "retrieval", "spectral")
+_MODULES = (
+    "measures", "nuclear", "pac_bayes", "privacy", "retrieval", "sampling", "sensitivity",
+    "spectral", "svd",
+)
 __all__ = list(_MODULES)
 
 
