@@ -7,6 +7,7 @@ import json
 import pathlib
 import platform
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -82,3 +83,18 @@ def format_table(headers: list[str], rows: list[list[Any]]) -> str:
               for i, h in enumerate(headers)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))
     return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, text)])
+
+
+def time_jitted(fns: dict[str, Callable], args: tuple, reps: int) -> dict[str, float]:
+    """Median seconds per call of each jitted function, after a compile + warm-up call;
+    repetitions are interleaved across the functions so drift hits them alike."""
+    jitted = {name: jax.jit(fn) for name, fn in fns.items()}
+    for fn in jitted.values():
+        jax.block_until_ready(fn(*args))
+    samples: dict[str, list[float]] = {name: [] for name in jitted}
+    for _ in range(reps):
+        for name, fn in jitted.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            samples[name].append(time.perf_counter() - start)
+    return {name: sorted(s)[len(s) // 2] for name, s in samples.items()}

@@ -28,7 +28,6 @@ import dataclasses
 import json
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments._jaxpr_memory import largest_intermediate_bytes
-from experiments._runner import format_table, write_results
+from experiments._runner import format_table, time_jitted, write_results
 from jaxbounds.adapters.dora import (
     column_sq_norm,
     dora_column_norm,
@@ -94,20 +93,6 @@ def with_backward(fn):
     return fwd_bwd
 
 
-def time_paths(fns: dict, args, reps: int) -> dict[str, float]:
-    """Median seconds per call of each jitted path; repetitions interleaved across paths."""
-    jitted = {name: jax.jit(fn) for name, fn in fns.items()}
-    for fn in jitted.values():  # compile + warm up
-        jax.block_until_ready(fn(*args))
-    samples = {name: [] for name in jitted}
-    for _ in range(reps):
-        for name, fn in jitted.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            samples[name].append(time.perf_counter() - start)
-    return {name: sorted(s)[len(s) // 2] for name, s in samples.items()}
-
-
 def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps, dtype=jnp.float32,
                 blocks=None):
     x, w0, a, b, m = make_inputs(key, tokens, d_in, d_out, rank, dtype)
@@ -123,7 +108,7 @@ def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps, dtype=jnp.
          (*args, ct), abstract),
     )
     for what, fns, call_args, shapes in cases:
-        times = time_paths(fns, call_args, reps)
+        times = time_jitted(fns, call_args, reps)
         memory = {name: largest_intermediate_bytes(fn, *shapes) for name, fn in fns.items()}
         for name in fns:
             if name == "dense":

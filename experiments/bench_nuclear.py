@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
-import time
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments._jaxpr_memory import largest_intermediate_bytes
-from experiments._runner import format_table, write_results
+from experiments._runner import format_table, time_jitted, write_results
 from jaxbounds.bounds.nuclear import matrix_entropy, matrix_nuclear_norm
 
 DEFAULT_N = 2048
@@ -59,23 +58,11 @@ def make_hidden(key, n: int, d: int, dtype=jnp.float32):
     return (x + jax.random.normal(k_mu, (d,), jnp.float32)).astype(dtype)
 
 
-def time_paths(fns: dict, args, reps: int) -> tuple[dict[str, float], dict[str, float]]:
-    """Median seconds per call of each jitted path (reps interleaved) and each path's value."""
-    jitted = {name: jax.jit(fn) for name, fn in fns.items()}
-    values = {name: float(jax.block_until_ready(fn(*args))) for name, fn in jitted.items()}
-    samples = {name: [] for name in jitted}
-    for _ in range(reps):
-        for name, fn in jitted.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            samples[name].append(time.perf_counter() - start)
-    return {name: sorted(s)[len(s) // 2] for name, s in samples.items()}, values
-
-
 def bench_shape(key, n: int, d: int, reps: int, dtype=jnp.float32) -> list[dict]:
     hidden = make_hidden(key, n, d, dtype)
     fns = paths()
-    times, values = time_paths(fns, (hidden,), reps)
+    values = {name: float(jax.jit(fn)(hidden)) for name, fn in fns.items()}
+    times = time_jitted(fns, (hidden,), reps)
     spec = jax.ShapeDtypeStruct(hidden.shape, hidden.dtype)
     memory = {name: largest_intermediate_bytes(fn, spec) for name, fn in fns.items()}
     results = []

@@ -24,8 +24,7 @@ if __package__ in (None, ""):
 import jax
 import jax.numpy as jnp
 
-from experiments._runner import format_table, write_results
-from experiments.bench_dora import time_paths
+from experiments._runner import format_table, time_jitted, write_results
 from pallas_kernels import DoRABlockSizes, _backend, dora_matmul, dora_matmul_reference
 
 GRID = dict(block_m=(64, 128), block_n=(128, 256), block_k=(32, 64),
@@ -60,13 +59,13 @@ def main(argv=None) -> int:
         b = (0.01 * jax.random.normal(ks[3], (rank, d_out))).astype(dtype)
         g = 1.0 + 0.1 * jax.random.normal(ks[4], (d_out,))
         args_ = (x, w0, xa, b, g)
-        xla_s = time_paths({"xla": lambda *a: dora_matmul_reference(*a)}, args_, args.reps)["xla"]
+        xla_s = time_jitted({"xla": lambda *a: dora_matmul_reference(*a)}, args_, args.reps)["xla"]
         timed = []
         for blocks in [DoRABlockSizes.default(tokens, d_in, d_out, rank, dtype), *configs(rank)]:
             fn = lambda *a, blocks=blocks: dora_matmul(*a, block_sizes=blocks,
                                                        implementation="triton")
             try:
-                seconds = time_paths({"k": fn}, args_, args.reps)["k"]
+                seconds = time_jitted({"k": fn}, args_, args.reps)["k"]
             except Exception as err:  # noqa: BLE001 - report and skip a config that fails
                 print(f"{dtype_name} {blocks}: {type(err).__name__}", flush=True)
                 continue
