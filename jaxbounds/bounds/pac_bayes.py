@@ -315,30 +315,22 @@ def _implicit_tangent(q, p, dq, dc):
     return coef_q * dq + coef_c * dc
 
 
-@jax.custom_jvp
-def _kl_inv_upper_core(q, c):
-    return _bisect_upper(q, c)
+def _with_implicit_jvp(bisect):
+    """``bisect`` (q, c) -> p with the exact implicit-function JVP of kl(q‖p) = c."""
+    core = jax.custom_jvp(bisect)
+
+    @core.defjvp
+    def _jvp(primals, tangents):
+        q, c = primals
+        dq, dc = tangents
+        p = core(q, c)
+        return p, _implicit_tangent(q, p, dq, dc)
+
+    return core
 
 
-@_kl_inv_upper_core.defjvp
-def _kl_inv_upper_jvp(primals, tangents):
-    q, c = primals
-    dq, dc = tangents
-    p = _kl_inv_upper_core(q, c)
-    return p, _implicit_tangent(q, p, dq, dc)
-
-
-@jax.custom_jvp
-def _kl_inv_lower_core(q, c):
-    return _bisect_lower(q, c)
-
-
-@_kl_inv_lower_core.defjvp
-def _kl_inv_lower_jvp(primals, tangents):
-    q, c = primals
-    dq, dc = tangents
-    p = _kl_inv_lower_core(q, c)
-    return p, _implicit_tangent(q, p, dq, dc)
+_kl_inv_upper_core = _with_implicit_jvp(_bisect_upper)
+_kl_inv_lower_core = _with_implicit_jvp(_bisect_lower)
 
 
 def _kl_inv(core, q, c):
