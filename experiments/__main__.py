@@ -53,6 +53,26 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "Sparse linear regression under local differential privacy: error vs n and eps beside "
         "the upper and lower bound rates.",
     ),
+    "nalaformer": (
+        "experiments.nalaformer",
+        "NaLaFormer: char-level LMs on Shakespeare with causal norm-aware linear attention vs "
+        "softmax; validation loss and bits per character.",
+    ),
+    "hyperattention": (
+        "experiments.hyperattention",
+        "HyperAttention: train with exact attention, patch the last l layers with "
+        "HyperAttention; validation perplexity vs l.",
+    ),
+    "lipschitz_transformer": (
+        "experiments.lipschitz_transformer",
+        "Lipschitz-constrained char transformer on Shakespeare (Muon + spectral caps): "
+        "accuracy vs certified Lipschitz bound per constraint method.",
+    ),
+    "certified_training": (
+        "experiments.certified_training",
+        "Certified training on digits: standard vs IBP (vs CROWN-IBP); verified accuracy, IBP "
+        "tightness, naive/local/LipSDP Lipschitz bounds.",
+    ),
 }
 
 
