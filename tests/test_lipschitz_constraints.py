@@ -257,3 +257,15 @@ def test_other_bad_inputs():
     with pytest.raises(ValueError, match="w_max"):
         C.soft_cap_alpha(0.0, 0.0, 0.1, 1.0)
     assert C.get_constraint("hard_cap") is C.spectral_hard_cap
+
+
+def test_msign_and_hard_cap_on_tiny_zero_and_at_cap_matrices():
+    """No NaN where the fourth powers of X would underflow: X = 1e-8·Q, X = 0, and the hard
+    cap of a matrix whose singular values all equal w_max (M = W − w_max·Q is roundoff)."""
+    q, _ = jnp.linalg.qr(jax.random.normal(jax.random.PRNGKey(7), (24, 16)))
+    tiny = C.msign(1e-8 * q)
+    np.testing.assert_allclose(tiny, q, atol=1e-4)
+    assert np.all(np.asarray(C.msign(jnp.zeros((5, 3)))) == 0)
+    capped = C.spectral_hard_cap(q, 1.0)
+    assert np.all(np.isfinite(np.asarray(capped)))
+    np.testing.assert_allclose(jnp.linalg.svd(capped, compute_uv=False), 1.0, atol=1e-3)

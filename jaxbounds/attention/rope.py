@@ -67,7 +67,8 @@ def rope_2d(height: int, width: int, head_dim: int, *, base: float = 10000.0):
 
 def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
     """Rotate ``x`` ``[batch, seq, heads, head_dim]`` (or ``[seq, heads, head_dim]``) by the
-    ``(sin, cos)`` tables ``[seq, head_dim]``. Computes in float32, returns ``x.dtype``."""
+    ``(sin, cos)`` tables ``[seq, head_dim]``. Computes in float32 (float64 for
+    float64 ``x``), returns ``x.dtype``."""
     sin, cos = rope
     if sin.shape != cos.shape or sin.ndim != 2:
         raise ValueError(
@@ -81,9 +82,10 @@ def apply_rope(x: jax.Array, rope: tuple[jax.Array, jax.Array]) -> jax.Array:
         )
     if x.shape[-1] % 2:
         raise ValueError(f"head_dim must be even for RoPE, got {x.shape[-1]}.")
-    xf = x.astype(jnp.float32)
+    compute = jnp.promote_types(x.dtype, jnp.float32)
+    xf = x.astype(compute)
     half = x.shape[-1] // 2
     rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
-    sin = sin.astype(jnp.float32)[:, None, :]
-    cos = cos.astype(jnp.float32)[:, None, :]
+    sin = sin.astype(compute)[:, None, :]
+    cos = cos.astype(compute)[:, None, :]
     return (xf * cos + rotated * sin).astype(x.dtype)

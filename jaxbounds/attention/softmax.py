@@ -7,8 +7,9 @@ scale ``s`` (default ``1/√d``):
     lse_i     = log Σ_j exp(logits_ij)
     out_i     = Σ_j exp(logits_ij − lse_i) v_j
 
-Computed in float32 whatever the input dtype; ``out`` is returned in ``q.dtype`` and ``lse``
-in float32, laid out ``[batch, n, heads]``. A row with every key masked gets ``out = 0`` and
+Computed in float32 (float64 for float64 inputs) whatever the input dtype; ``out`` is
+returned in ``q.dtype`` and ``lse`` in the compute dtype, laid out ``[batch, n, heads]``.
+A row with every key masked gets ``out = 0`` and
 ``lse = −∞`` (the identity of the log-sum-exp merge), never NaN. ``causal`` aligns the
 first query with the first key (query ``i`` sees keys ``j ≤ i``), as
 ``jax.nn.dot_product_attention(is_causal=True)`` does.
@@ -48,15 +49,14 @@ def softmax_attention(q, k, v, *, causal: bool = False, scale: float | None = No
       q: ``[batch, n, heads, d]``. k: ``[batch, m, heads, d]``. v: ``[batch, m, heads, d_v]``.
       causal: mask keys after the query (``j > i``).
       scale: logit scale, default ``1/√d``.
-      return_lse: also return ``lse [batch, n, heads]`` (float32).
+      return_lse: also return ``lse [batch, n, heads]`` (float32, or float64).
       mask: optional boolean, broadcastable to ``[batch, heads, n, m]``; True keeps.
     """
     _check(q, k, v, mask)
     if scale is None:
         scale = q.shape[-1] ** -0.5
-    logits = jnp.einsum(
-        "bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32)
-    ) * scale
+    compute = jnp.promote_types(q.dtype, jnp.float32)  # float32, or float64 under x64
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q.astype(compute), k.astype(compute)) * scale
     keep = None
     if causal:
         n, m = q.shape[1], k.shape[1]
@@ -72,7 +72,7 @@ def softmax_attention(q, k, v, *, causal: bool = False, scale: float | None = No
     total = jnp.sum(weights, axis=-1, keepdims=True)
     safe_total = jnp.where(total > 0, total, 1.0)
     probs = weights / safe_total
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(jnp.float32)).astype(q.dtype)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(compute)).astype(q.dtype)
     if not return_lse:
         return out
     lse = jnp.where(

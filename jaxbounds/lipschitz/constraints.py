@@ -358,6 +358,11 @@ def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
     if not tall:
         x = _mT(x)  # work with the smaller Gram matrix XᵀX
     tiny = jnp.finfo(dtype).tiny
+    # msign is scale-invariant: pre-scale by ‖X‖_F so that the fourth powers below can
+    # neither underflow (a tiny or zero X, e.g. W − w_max·msign(W) when every σ = w_max)
+    # nor overflow. A zero matrix stays exactly zero.
+    fro = jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
+    x = x / jnp.maximum(fro, tiny)
     schedule = _msign_schedule(num_steps)
     for step, (a, b, c) in enumerate(schedule):
         gram = _mm(_mT(x), x, precision)
@@ -367,7 +372,7 @@ def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
             s2 = jnp.maximum(s2, tiny)[..., None, None]
             x = x / jnp.sqrt(s2)
             gram = gram / s2
-            gram2 = gram2 / (s2 * s2)
+            gram2 = (gram2 / s2) / s2
         x = a * x + _mm(x, b * gram + c * gram2, precision)
     return x if tall else _mT(x)
 
