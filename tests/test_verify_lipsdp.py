@@ -1,0 +1,194 @@
+"""LipSDP / LipSDP-NSR (jaxbounds.verify.lipsdp): soundness against sampled gradients,
+below the product bound, exact cases, the MaxMin example of Pauli et al., certification."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxbounds.verify import lipsdp as L
+
+# activation -> extra keyword arguments (Householder with random reflection vectors)
+CASES = {
+    "relu": {},
+    "tanh": {},
+    "groupsort": {"group_size": 4},
+    "maxmin": {},
+    "householder": {"householder_v": np.random.default_rng(7).normal(size=(8, 2))},
+}
+
+
+def random_net(seed, sizes=(6, 16, 16, 3), scale=1.5):
+    rng = np.random.default_rng(seed)
+    ws = [
+        scale * rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i])
+        for i in range(len(sizes) - 1)
+    ]
+    bs = [0.5 * rng.normal(size=sizes[i + 1]) for i in range(len(sizes) - 1)]
+    return ws, bs
+
+
+def sampled_lipschitz(ws, bs, activation, seed, num=2000, **kwargs):
+    """Largest ‖J(x)‖₂ over random points and largest ‖f(x) − f(y)‖/‖x − y‖ over random close
+    pairs, in float64: both are lower bounds on the true ℓ2 Lipschitz constant."""
+    with jax.enable_x64(True):
+        ws64 = [jnp.asarray(w) for w in ws]
+        bs64 = [jnp.asarray(b) for b in bs]
+
+        def f(x):
+            return L.network_forward(ws64, x, activation, biases=bs64, **kwargs)
+
+        key1, key2 = jax.random.split(jax.random.key(seed))
+        xs = 2.0 * jax.random.normal(key1, (num, ws[0].shape[1]), dtype=jnp.float64)
+        jac = np.asarray(jax.vmap(jax.jacfwd(f))(xs))
+        grad_max = np.linalg.norm(jac, ord=2, axis=(1, 2)).max()
+        ys = xs + 1e-3 * jax.random.normal(key2, xs.shape, dtype=jnp.float64)
+        quot = np.linalg.norm(np.asarray(f(xs) - f(ys)), axis=1) / np.linalg.norm(
+            np.asarray(xs - ys), axis=1
+        )
+    return float(max(grad_max, quot.max()))
+
+
+@pytest.mark.parametrize("activation", sorted(CASES))
+def test_sound_and_below_product_bound(activation):
+    kwargs = CASES[activation]
+    for seed in (0, 1):
+        ws, bs = random_net(seed)
+        bound, report = L.lipsdp_bound(ws, activation, **kwargs)
+        sampled = sampled_lipschitz(ws, bs, activation, seed, **kwargs)
+        product = np.prod([np.linalg.norm(w, 2) for w in ws])
+        assert report.solver_status == "optimal"
+        assert sampled <= bound, (activation, seed, sampled, bound)  # 0 violations
+        assert bound <= product * (1 + 1e-9)
+        assert report.product_bound == pytest.approx(product, rel=1e-12)
+        # the certified value agrees with the solver's raw value (margin 1e-7 + tolerance)
+        assert report.rho_certified == pytest.approx(report.rho_solver, rel=1e-4)
+        assert report.rest_block_max_eig < 0
+
+
+def test_single_maxmin_layer_is_one_and_the_residual_relu_rewrite_is_not():
+    eye = np.eye(6)
+    bound, _ = L.lipsdp_bound([eye, eye], "maxmin")
+    assert bound == pytest.approx(1.0, abs=1e-6)
+    # with orthogonal weights around it the network is still exactly 1-Lipschitz
+    rng = np.random.default_rng(3)
+    q0, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    q1, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    assert L.lipsdp_bound([q0, q1], "maxmin")[0] == pytest.approx(1.0, abs=1e-6)
+    assert L.lipsdp_bound([q0, q1], "groupsort", group_size=2)[0] == pytest.approx(1.0, abs=1e-6)
+    # the naive LipSDP on MaxMin rewritten as a residual ReLU network: √2, not 1
+    naive, _ = L.lipsdp_bound([eye, eye], "maxmin_residual_relu")
+    assert naive == pytest.approx(np.sqrt(2.0), rel=1e-5)
+    # and it is looser than LipSDP-NSR on a random MaxMin network, yet still sound
+    ws, bs = random_net(4)
+    nsr = L.lipsdp_bound(ws, "maxmin")[0]
+    rewrite = L.lipsdp_bound(ws, "maxmin_residual_relu")[0]
+    assert nsr < rewrite
+    assert sampled_lipschitz(ws, bs, "maxmin_residual_relu", 4) <= nsr
+
+
+@pytest.mark.parametrize("activation", sorted(CASES))
+def test_one_layer_network_gives_the_spectral_norm(activation):
+    w = np.random.default_rng(5).normal(size=(7, 5))
+    bound, report = L.lipsdp_bound([w], activation, **CASES[activation])
+    assert bound == pytest.approx(np.linalg.norm(w, 2), rel=1e-12)
+    assert report.solver_status == "linear (no SDP)"
+
+
+def test_householder_with_the_maxmin_vector_is_maxmin():
+    ws, _ = random_net(6)
+    u = np.array([1.0, -1.0])
+    assert L.lipsdp_bound(ws, "householder", householder_v=u)[0] == pytest.approx(
+        L.lipsdp_bound(ws, "maxmin")[0], rel=1e-5
+    )
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(0), (10, 6), dtype=jnp.float64)
+        a = L.network_forward(ws, x, "householder", householder_v=u)
+        b = L.network_forward(ws, x, "maxmin")
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
+
+
+def test_layer_mode_is_never_tighter_and_kernel_layout():
+    ws, _ = random_net(8)
+    neuron = L.lipsdp_bound(ws, "relu")[0]
+    layer = L.lipsdp_bound(ws, "relu", mode="layer")[0]
+    assert layer >= neuron * (1 - 1e-5)
+    flax_kernels = [w.T for w in ws]
+    assert L.lipsdp_bound(flax_kernels, "relu", kernel_layout="in_out")[0] == pytest.approx(
+        neuron, rel=1e-6
+    )
+
+
+def test_certify_multipliers_roundtrip_hand_picked_and_jax():
+    ws, bs = random_net(9)
+    bound, report = L.lipsdp_bound(ws, "relu")
+    again, _ = L.certify_multipliers(ws, report.multipliers, "relu")
+    assert again == pytest.approx(bound, rel=1e-12)
+    # hand-picked admissible multipliers: no solver, a valid bound between SDP and 2·product
+    hand = L.product_multipliers(ws, "relu")
+    hand_bound, hand_report = L.certify_multipliers(ws, hand, "relu")
+    assert bound * (1 - 1e-9) <= hand_bound <= 2.0 * hand_report.product_bound
+    assert sampled_lipschitz(ws, bs, "relu", 9) <= hand_bound
+    # the JAX-native certificate equals the float64 one and is differentiable
+    with jax.enable_x64(True):
+        ws64 = [jnp.asarray(w) for w in ws]
+        jax_bound = jax.jit(lambda w: L.certified_bound_jax(w, report.multipliers, "relu"))(ws64)
+        grads = jax.grad(lambda w: L.certified_bound_jax(w, report.multipliers, "relu"))(ws64)
+    assert float(jax_bound) == pytest.approx(bound, rel=1e-7)
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+    # reuse: slightly perturbed weights, same multipliers, still a sound certificate
+    perturbed = [w * 1.01 for w in ws]
+    reuse, _ = L.certify_multipliers(perturbed, report.multipliers, "relu")
+    assert sampled_lipschitz(perturbed, bs, "relu", 10) <= reuse
+
+
+@pytest.mark.parametrize("activation", [pytest.param("relu", marks=pytest.mark.slow), "maxmin"])
+def test_first_order_jax_backend_is_sound_and_close(activation):
+    ws, bs = random_net(11)
+    sdp, _ = L.lipsdp_bound(ws, activation)
+    first_order, report = L.lipsdp_bound(ws, activation, solver="jax")
+    assert report.solver_status.startswith("first-order")
+    assert sdp * (1 - 1e-4) <= first_order <= sdp * 1.01
+    assert sampled_lipschitz(ws, bs, activation, 11) <= first_order
+
+
+def test_scs_answer_is_certified():
+    """A first-order conic solver's raw ρ may sit below the SDP optimum; the certified value
+    never does (it is the exact ρ*(y) of a feasible y)."""
+    ws, _ = random_net(12)
+    _, exact = L.lipsdp_bound(ws, "relu")
+    bound, report = L.lipsdp_bound(ws, "relu", solver="SCS", margin=1e-5)
+    assert report.rho_certified >= exact.rho_solver * (1 - 1e-6)
+    assert bound >= exact.bound * (1 - 1e-6)
+
+
+def test_bad_inputs():
+    ws, _ = random_net(13)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        L.lipsdp_bound(ws, "gelu")
+    with pytest.raises(ValueError, match="negative definite"):
+        L.certify_multipliers(ws, L.Multipliers((np.zeros(16), np.zeros(16))), "relu")
+    with pytest.raises(ValueError, match=r"lam\[1\] must be >= 0"):
+        L.certify_multipliers(ws, L.Multipliers((np.ones(16), -np.ones(16))), "relu")
+    with pytest.raises(ValueError, match="one entry per activation layer"):
+        L.certify_multipliers(ws, L.Multipliers((np.ones(16),)), "relu")
+    with pytest.raises(ValueError, match=r"weights\[1\] has fan_in 6 but weights\[0\]"):
+        L.lipsdp_bound([ws[0], ws[0]], "relu")
+    with pytest.raises(TypeError, match="weights must be a non-empty list"):
+        L.lipsdp_bound(ws[0], "relu")
+    with pytest.raises(ValueError, match="not a multiple of the group size"):
+        L.lipsdp_bound([np.ones((5, 3)), np.ones((2, 5))], "maxmin")
+    with pytest.raises(ValueError, match="householder_v is required"):
+        L.lipsdp_bound(ws, "householder")
+    with pytest.raises(ValueError, match="needs slope"):
+        L.lipsdp_bound(ws, "slope")
+    with pytest.raises(ValueError, match="solver must be"):
+        L.lipsdp_bound(ws, "relu", solver="NOPE")
+    with pytest.raises(ValueError, match="mode must be"):
+        L.lipsdp_bound(ws, "relu", mode="network")
+    with pytest.raises(ValueError, match="kernel_layout"):
+        L.lipsdp_bound(ws, "relu", kernel_layout="oi")
+    # traced values cannot raise: the JAX certificate is NaN when R is not negative definite
+    with jax.enable_x64(True):
+        bad = L.certified_bound_jax(ws, L.Multipliers((np.zeros(16), np.zeros(16))), "relu")
+    assert np.isnan(float(bad))
