@@ -13,7 +13,9 @@ Modules are imported on first use: ``from jaxbounds.attention import softmax``.
 
 import importlib
 
-_MODULES = ("hyper", "modules", "nalaformer", "rope", "softmax")
+_MODULES = (
+    "hyper", "lsh", "modules", "nala_layers", "nalaformer", "rope", "self_attention", "softmax",
+)
 __all__ = list(_MODULES)
 
 
