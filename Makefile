@@ -22,10 +22,10 @@ docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir $(VENV)/site
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --durations=15 -m "not slow"
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -n auto --durations=10 -m slow
 
 # Stage 1: lint, docs, fast tests. Stage 2: slow tests (subprocess, multi-device, experiments).
 test: lint docs test-fast test-slow
