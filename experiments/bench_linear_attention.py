@@ -64,6 +64,9 @@ def attention_paths(seq, head_dim, implementation):
                                                    implementation="xla"),
         "softmax": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True),
     }
+    if jax.default_backend() == "gpu":
+        paths["softmax_cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
+            q, k, v, is_causal=True, implementation="cudnn")
     if implementation != "xla":
         paths["nala_kernel"] = lambda q, k, v: nala_attention(q, k, v, causal=True, rope=rope,
                                                               implementation=implementation)

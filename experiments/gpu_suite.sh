@@ -25,12 +25,13 @@ step() {  # step NAME LIMIT_S command...
 
 for s in $STEPS; do
   case $s in
-    check) step gpu_check 200 python experiments/gpu_check.py --size small --size medium \
+    check) step gpu_check 210 python experiments/gpu_check.py --size small --size medium \
              --size large --out "$OUT" ;;
-    nala) step bench_linear_attention 150 python experiments/bench_linear_attention.py \
-            --implementation triton --json "$OUT/bench_linear_attention_gpu.json" ;;
-    hyper) step bench_hyperattention 150 python experiments/bench_hyperattention.py \
-             --implementation triton --json "$OUT/bench_hyperattention_gpu.json" ;;
+    nala) step bench_linear_attention 140 python experiments/bench_linear_attention.py \
+            --implementation triton --dtype bfloat16 --batch 2 --heads 8 \
+            --seq 4096 16384 65536 --reps 5 --json "$OUT/bench_linear_attention_gpu.json" ;;
+    hyper) step bench_hyperattention 130 python experiments/bench_hyperattention.py \
+             --implementation triton --n 32768 --n 131072 --reps 5 --json "$OUT/bench_hyperattention_gpu.json" ;;
     lip) step bench_constraints 100 python experiments/bench_constraints.py --size 4096 \
            --json "$OUT/bench_constraints_gpu.json" ;;
     dora) step bench_dora 100 python experiments/bench_dora.py --dtype bfloat16 ;;
