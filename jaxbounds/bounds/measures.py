@@ -114,7 +114,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
-from jaxbounds.bounds._validation import is_traced, nan_unless, require
+from jaxbounds._checks import is_traced, nan_unless, require
 from jaxbounds.bounds.spectral import spectral_norms
 
 # The measures in Jiang et al.'s Appendix C order, and their equation numbers.

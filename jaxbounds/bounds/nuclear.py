@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbounds.bounds._validation import require
+from jaxbounds._checks import require
 
 __all__ = ["matrix_entropy", "matrix_nuclear_norm", "normalize_hidden"]
 

@@ -76,7 +76,7 @@ the expected range: δ ∉ (0, 1), R̂ ∉ [0, 1], n ≤ 0, KL < 0, C ≤ 0, err
 log-probabilities > 0. Traced values (under ``jax.jit``/``vmap``) cannot be checked; there
 an out-of-range element gives NaN in the corresponding output element. Each public bound
 ``f`` has a ``checked_f`` variant (built with ``jax.experimental.checkify`` through
-``_validation.make_checked``) that raises under jit instead.
+``jaxbounds._checks.make_checked``) that raises under jit instead.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import betainc
 
-from jaxbounds.bounds._validation import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import is_traced, make_checked, nan_unless, require
 
 __all__ = [
     "NUM_BISECTION_STEPS",

@@ -96,7 +96,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbounds.bounds._validation import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import is_traced, make_checked, nan_unless, require
 
 __all__ = [
     "MECHANISMS",

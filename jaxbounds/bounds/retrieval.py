@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbounds.bounds._validation import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import is_traced, make_checked, nan_unless, require
 
 __all__ = [
     "FIT_COEFFICIENTS",

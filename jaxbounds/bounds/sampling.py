@@ -95,7 +95,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbounds.bounds._validation import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import is_traced, make_checked, nan_unless, require
 
 __all__ = [
     "MAX_REJECTION_ROUNDS",

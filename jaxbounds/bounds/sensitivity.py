@@ -110,7 +110,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxbounds.bounds._validation import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import is_traced, make_checked, nan_unless, require
 
 __all__ = [
     "DistortionEstimate",

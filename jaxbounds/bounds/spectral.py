@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxbounds.bounds._validation import require
+from jaxbounds._checks import require
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

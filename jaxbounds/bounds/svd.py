@@ -132,7 +132,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbounds.bounds._validation import require
+from jaxbounds._checks import require
 
 __all__ = [
     "DEFAULT_OVERSAMPLING",

@@ -45,7 +45,7 @@ import numpy as np
 from jax import lax
 from jax.experimental import checkify
 
-from jaxbounds.bounds._validation import is_traced, require
+from jaxbounds._checks import is_traced, require
 
 __all__ = [
     "el2n_scores",

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbounds.bounds._validation import nan_unless, require
+from jaxbounds._checks import nan_unless, require
 
 __all__ = [
     "MSIGN_COEFFICIENTS",
