@@ -1,4 +1,11 @@
-"""Suite-wide guards."""
+"""Suite-wide guards and the 8-device subprocess harness."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import jax
 import pytest
@@ -11,3 +18,33 @@ def _x64_does_not_leak():
     assert not jax.config.jax_enable_x64, "jax_enable_x64 was left on before this test"
     yield
     assert not jax.config.jax_enable_x64, "this test left jax_enable_x64 on"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_on_8_devices(script: str, *, timeout: int = 300) -> dict:
+    """Run ``script`` in a fresh Python with 8 fake CPU devices; return its RESULT JSON.
+
+    A mesh of several CPU devices needs ``--xla_force_host_platform_device_count`` before
+    jax starts, so multi-device checks run in a subprocess. The script prints one line
+    ``RESULT <json>``; this returns the parsed JSON (the last such line).
+    """
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    ).strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    env.pop("JAXBOUNDS_IMPLEMENTATION", None)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture
+def eight_devices():
+    """The 8-device subprocess harness, :func:`run_on_8_devices`, as a fixture."""
+    return run_on_8_devices

@@ -7,16 +7,9 @@ runs in a fresh subprocess; it prints one JSON line that the test reads.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent(
     r"""
@@ -169,25 +162,8 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_sharded_train_step_matches_single_device():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    env.pop("JAXBOUNDS_IMPLEMENTATION", None)
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert lines, proc.stdout[-2000:] + proc.stderr[-2000:]
-    out = json.loads(lines[-1][len("RESULT "):])
+def test_sharded_train_step_matches_single_device(eight_devices):
+    out = eight_devices(SCRIPT)
 
     (loss1, losss), (loss1b, losssb) = out["loss"], out["loss2"]
     assert all(map(lambda v: v == v and abs(v) < 1e6, (loss1, losss, loss1b, losssb)))
