@@ -48,3 +48,17 @@ def run_on_8_devices(script: str, *, timeout: int = 300) -> dict:
 def eight_devices():
     """The 8-device subprocess harness, :func:`run_on_8_devices`, as a fixture."""
     return run_on_8_devices
+
+
+# Test modules that also run on the newest jax the supported range allows (`make test`'s
+# newest-jax stage): every jaxpr walker, every kernel in interpret mode, and the modules.
+NEWEST_JAX_MODULES = (
+    "test_verify_", "test_certified_training", "test_kernels", "_kernel.py", "test_backend",
+    "_layers", "test_self_attention", "test_lipschitz_transformer", "test_package",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(part in item.nodeid.split("::")[0] for part in NEWEST_JAX_MODULES):
+            item.add_marker(pytest.mark.newest_jax)

@@ -118,5 +118,6 @@ def test_optax_training_reduces_the_robust_loss(method):
 def test_verified_accuracy_and_bad_method():
     low = jnp.array([[0.0, 0.1, 0.2], [-0.1, 0.0, 0.3]])
     assert float(verified_accuracy(low, jnp.array([0, 1]))) == 0.5
-    with pytest.raises(ValueError, match="method must be 'ibp' or 'crown-ibp', got 'x'"):
+    with pytest.raises(ValueError,
+                       match=r"method must be one of \('ibp', 'crown-ibp'\), got 'x'"):
         make_certified_loss(_features, CertifiedSchedule(eps=0.1), num_classes=3, method="x")

@@ -120,7 +120,7 @@ def test_rule_is_sound_on_samples(name):
             assert bool(jnp.all(a <= b)), name
 
 
-def test_issue_primitives_have_rules():
+def test_required_primitives_have_rules():
     needed = {
         "dot_general", "conv_general_dilated", "add", "sub", "neg", "mul", "div",
         "integer_pow", "max", "select_n", "gt", "lt", "ge", "le", "eq", "ne", "tanh",

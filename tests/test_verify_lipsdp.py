@@ -4,6 +4,7 @@ below the product bound, exact cases, the MaxMin example of Pauli et al., certif
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxbounds.verify import lipsdp as L
@@ -19,9 +20,10 @@ CASES = {
 
 
 def random_net(seed, sizes=(6, 16, 16, 3), scale=1.5):
+    """Flax kernels [in, out] (the default layout) and biases."""
     rng = np.random.default_rng(seed)
     ws = [
-        scale * rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i])
+        scale * rng.normal(size=(sizes[i + 1], sizes[i])).T / np.sqrt(sizes[i])
         for i in range(len(sizes) - 1)
     ]
     bs = [0.5 * rng.normal(size=sizes[i + 1]) for i in range(len(sizes) - 1)]
@@ -39,7 +41,7 @@ def sampled_lipschitz(ws, bs, activation, seed, num=2000, **kwargs):
             return L.network_forward(ws64, x, activation, biases=bs64, **kwargs)
 
         key1, key2 = jax.random.split(jax.random.key(seed))
-        xs = 2.0 * jax.random.normal(key1, (num, ws[0].shape[1]), dtype=jnp.float64)
+        xs = 2.0 * jax.random.normal(key1, (num, ws[0].shape[0]), dtype=jnp.float64)
         jac = np.asarray(jax.vmap(jax.jacfwd(f))(xs))
         grad_max = np.linalg.norm(jac, ord=2, axis=(1, 2)).max()
         ys = xs + 1e-3 * jax.random.normal(key2, xs.shape, dtype=jnp.float64)
@@ -60,7 +62,7 @@ def test_sound_and_below_product_bound(activation):
         assert report.solver_status == "optimal"
         assert sampled <= bound, (activation, seed, sampled, bound)  # 0 violations
         assert bound <= product * (1 + 1e-9)
-        assert report.product_bound == pytest.approx(product, rel=1e-12)
+        assert product <= report.product_bound <= product * (1 + 1e-9)  # certified
         # the certified value agrees with the solver's raw value (margin 1e-7 + tolerance)
         assert report.rho_certified == pytest.approx(report.rho_solver, rel=1e-4)
         assert report.rest_block_max_eig < 0
@@ -90,9 +92,12 @@ def test_single_maxmin_layer_is_one_and_the_residual_relu_rewrite_is_not():
 @pytest.mark.parametrize("activation", sorted(CASES))
 def test_one_layer_network_gives_the_spectral_norm(activation):
     w = np.random.default_rng(5).normal(size=(7, 5))
-    bound, report = L.lipsdp_bound([w], activation, **CASES[activation])
-    assert bound == pytest.approx(np.linalg.norm(w, 2), rel=1e-12)
-    assert report.solver_status == "linear (no SDP)"
+    sigma_max = np.linalg.svd(w, compute_uv=False)[0]
+    for layout in ("flax", "torch"):
+        bound, report = L.lipsdp_bound([w], activation, layout=layout, **CASES[activation])
+        assert bound == pytest.approx(sigma_max, rel=1e-12)
+        assert bound >= sigma_max
+        assert report.solver_status == "linear (no SDP)"
 
 
 def test_householder_with_the_maxmin_vector_is_maxmin():
@@ -108,15 +113,93 @@ def test_householder_with_the_maxmin_vector_is_maxmin():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-12, atol=1e-12)
 
 
-def test_layer_mode_is_never_tighter_and_kernel_layout():
+def test_layer_mode_is_never_tighter():
     ws, _ = random_net(8)
     neuron = L.lipsdp_bound(ws, "relu")[0]
     layer = L.lipsdp_bound(ws, "relu", mode="layer")[0]
     assert layer >= neuron * (1 - 1e-5)
-    flax_kernels = [w.T for w in ws]
-    assert L.lipsdp_bound(flax_kernels, "relu", kernel_layout="in_out")[0] == pytest.approx(
-        neuron, rel=1e-6
-    )
+
+
+@pytest.mark.parametrize("activation", ["relu", "maxmin"])
+def test_flax_layout_equals_the_transposed_weights_in_torch_layout(activation):
+    ws, bs = random_net(8, sizes=(8, 8, 8, 8))  # square: a misread layout would not raise
+    flax, _ = L.lipsdp_bound(ws, activation)
+    torch, _ = L.lipsdp_bound([w.T for w in ws], activation, layout="torch")
+    assert torch == pytest.approx(flax, rel=1e-9)
+    # the same matrices read in the other orientation are another network, another bound
+    misread, _ = L.lipsdp_bound(ws, activation, layout="torch")
+    assert abs(misread - flax) > 1e-3 * flax
+    assert sampled_lipschitz(ws, bs, activation, 8) <= flax
+    with jax.enable_x64(True):
+        x = jax.random.normal(jax.random.key(1), (5, 8), dtype=jnp.float64)
+        a = L.network_forward(ws, x, activation, biases=bs)
+        b = L.network_forward([w.T for w in ws], x, activation, biases=bs, layout="torch")
+        # Flax layout: each layer is h @ kernel + b
+        h = x
+        for k, (w, b0) in enumerate(zip(ws, bs)):
+            h = h @ w + b0
+            if k < len(ws) - 1:
+                h = jax.nn.relu(h) if activation == "relu" else jnp.stack(
+                    [jnp.maximum(h[:, ::2], h[:, 1::2]), jnp.minimum(h[:, ::2], h[:, 1::2])],
+                    axis=-1).reshape(h.shape)
+    np.testing.assert_allclose(np.asarray(a), np.asarray(h), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(b), np.asarray(h), rtol=1e-12, atol=1e-12)
+
+
+def jacobian_ascent_lower_bound(kernels, seed, pool=4096, starts=64, steps=300):
+    """max ‖J(x)‖₂ of the true f(x) = relu(relu(x @ W1) @ W2) @ W3 over evaluated points (an
+    attained value, hence a lower bound on the ℓ2 Lipschitz constant), in float64.
+
+    The points: ``pool`` random directions, then Adam ascent from the ``starts`` best of them.
+    ‖J(x)‖ of a ReLU net is piecewise constant in x (zero gradient), so the ascent climbs a
+    softplus(β·)/β surrogate with β rising from 5 to 500, and the true ‖J‖ (``jax.jacobian``
+    of the ReLU function) is evaluated at every iterate."""
+    with jax.enable_x64(True):
+        ks = [jnp.asarray(k) for k in kernels]
+
+        def f(x, beta):
+            h = x
+            for k in ks[:-1]:
+                z = h @ k
+                h = jax.nn.relu(z) if beta is None else jax.nn.softplus(beta * z) / beta
+            return h @ ks[-1]
+
+        def norm(x, beta=None):
+            return jnp.linalg.norm(jax.jacobian(f)(x, beta), 2)
+
+        optimiser = optax.adam(0.01)
+        x = jax.random.normal(jax.random.key(seed), (pool, ks[0].shape[0]), jnp.float64)
+        values = jax.vmap(norm)(x)
+        x = x[jnp.argsort(-values)[:starts]]
+        x = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+
+        def step(carry, beta):
+            x, state, best = carry
+            best = jnp.maximum(best, jnp.max(jax.vmap(norm)(x)))
+            grad = jax.vmap(jax.grad(lambda y: -norm(y, beta)))(x)
+            update, state = optimiser.update(grad, state)
+            x = optax.apply_updates(x, update)
+            return (x / jnp.linalg.norm(x, axis=1, keepdims=True), state, best), None
+
+        betas = jnp.geomspace(5.0, 500.0, steps)
+        init = (x, optimiser.init(x), jnp.max(values))
+        (x, _, best), _ = jax.jit(lambda c: jax.lax.scan(step, c, betas))(init)
+        return float(jnp.maximum(best, jnp.max(jax.vmap(norm)(x))))
+
+
+@pytest.mark.parametrize("seed", [5, 7])
+def test_square_flax_kernels_are_bounded_soundly(seed):
+    """Three square 12×12 ReLU layers in the Flax layout: the certified bound is above a lower
+    bound found by gradient ascent on ‖J(x)‖₂, while the same kernels read as [out, in] (the
+    transposed network) give a value below it, which a bound of this network cannot be."""
+    rng = np.random.default_rng(seed)
+    kernels = [1.5 * rng.normal(size=(12, 12)) / np.sqrt(12) for _ in range(3)]
+    bound, report = L.lipsdp_bound(kernels, "relu")
+    lower = jacobian_ascent_lower_bound(kernels, seed)
+    assert report.solver_status == "optimal"
+    assert lower <= bound, (lower, bound)
+    transposed_network, _ = L.lipsdp_bound(kernels, "relu", layout="torch")
+    assert transposed_network < lower
 
 
 def test_certify_multipliers_roundtrip_hand_picked_and_jax():
@@ -174,10 +257,14 @@ def test_bad_inputs():
         L.certify_multipliers(ws, L.Multipliers((np.ones(16),)), "relu")
     with pytest.raises(ValueError, match=r"weights\[1\] has fan_in 6 but weights\[0\]"):
         L.lipsdp_bound([ws[0], ws[0]], "relu")
-    with pytest.raises(TypeError, match="weights must be a non-empty list"):
+    with pytest.raises(ValueError, match=r"weights\[1\] has fan_in 16 but weights\[0\]"):
+        L.lipsdp_bound([ws[0], ws[0]], "relu", layout="torch")
+    with pytest.raises(TypeError, match="weights must be a list or tuple"):
         L.lipsdp_bound(ws[0], "relu")
+    with pytest.raises(ValueError, match="weights must be a non-empty list"):
+        L.lipsdp_bound([], "relu")
     with pytest.raises(ValueError, match="not a multiple of the group size"):
-        L.lipsdp_bound([np.ones((5, 3)), np.ones((2, 5))], "maxmin")
+        L.lipsdp_bound([np.ones((3, 5)), np.ones((5, 2))], "maxmin")
     with pytest.raises(ValueError, match="householder_v is required"):
         L.lipsdp_bound(ws, "householder")
     with pytest.raises(ValueError, match="needs slope"):
@@ -186,8 +273,10 @@ def test_bad_inputs():
         L.lipsdp_bound(ws, "relu", solver="NOPE")
     with pytest.raises(ValueError, match="mode must be"):
         L.lipsdp_bound(ws, "relu", mode="network")
-    with pytest.raises(ValueError, match="kernel_layout"):
-        L.lipsdp_bound(ws, "relu", kernel_layout="oi")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        L.lipsdp_bound(ws, "relu", layout="oi")
+    with pytest.raises(TypeError, match="layout"):
+        L.lipsdp_bound(ws, "relu", kernel_layout="in_out")
     # traced values cannot raise: the JAX certificate is NaN when R is not negative definite
     with jax.enable_x64(True):
         bad = L.certified_bound_jax(ws, L.Multipliers((np.zeros(16), np.zeros(16))), "relu")

@@ -19,7 +19,8 @@ def _float64():
 
 def random_mlp(seed, sizes=(6, 16, 16, 3)):
     rng = np.random.default_rng(seed)
-    ws = [rng.normal(size=(sizes[i + 1], sizes[i])) / np.sqrt(sizes[i]) for i in range(3)]
+    # Flax kernels [in, out] (the default layout)
+    ws = [rng.normal(size=(sizes[i + 1], sizes[i])).T / np.sqrt(sizes[i]) for i in range(3)]
     bs = [0.3 * rng.normal(size=sizes[i + 1]) for i in range(3)]
     x0 = rng.normal(size=sizes[0])
     return LL.ReluMLP(ws, bs), jnp.asarray(x0)
@@ -54,7 +55,7 @@ def test_relu_mlp_sound_lower_below_upper_and_below_naive(eps):
     mlp, x0 = random_mlp(0)
     linear = float(LL.local_lipschitz_upper(mlp, x0, eps))
     interval = float(LL.local_lipschitz_upper(mlp, x0, eps, method="interval"))
-    lower = float(LL.local_lipschitz_lower(mlp, x0, eps, jax.random.key(1)))
+    lower = float(LL.local_lipschitz_lower(mlp, x0, eps, key=jax.random.key(1)))
     naive = float(LL.naive_lipschitz_bound(mlp.weights))
     samples = sampled_norms(mlp, x0, eps, jax.random.key(2))
     assert int(np.sum(samples > linear)) == 0  # 0 violations over 10⁴ samples
@@ -90,7 +91,7 @@ def test_generic_functions_sound_every_norm():
             upper = float(LL.local_lipschitz_upper(fn, x0, 0.2, norm=norm))
             samples = norms_of(jac, norm)
             assert int(np.sum(samples > upper)) == 0, (fn.__name__, norm)
-        lower = float(LL.local_lipschitz_lower(fn, x0, 0.2, jax.random.key(4)))
+        lower = float(LL.local_lipschitz_lower(fn, x0, 0.2, key=jax.random.key(4)))
         assert samples.max() <= upper
         assert lower <= float(LL.local_lipschitz_upper(fn, x0, 0.2))
 
@@ -119,10 +120,12 @@ def test_linear_networks_lower_equals_upper():
     for norm in ("inf", "1", "2"):
         exact = float(LL.jacobian_norm(jnp.asarray(w), norm))
         lower = float(
-            LL.local_lipschitz_lower(affine, x0, 0.5, jax.random.key(0), norm=norm, num_steps=0)
+            LL.local_lipschitz_lower(
+                affine, x0, 0.5, key=jax.random.key(0), norm=norm, num_steps=0
+            )
         )
         assert lower == pytest.approx(exact, rel=1e-12)
-        for fn in (affine, LL.ReluMLP([w], [b])):
+        for fn in (affine, LL.ReluMLP([w.T], [b]), LL.ReluMLP([w], [b], layout="torch")):
             upper = float(LL.local_lipschitz_upper(fn, x0, 0.5, norm=norm))
             assert upper == pytest.approx(exact, rel=1e-9)
             assert lower <= upper
@@ -150,7 +153,7 @@ def test_comparison_table_against_the_naive_global_bound():
     rows = []
     for i in range(4):
         x0 = jnp.asarray(rng.normal(size=6))
-        lower = float(LL.local_lipschitz_lower(mlp, x0, 0.2, jax.random.key(i)))
+        lower = float(LL.local_lipschitz_lower(mlp, x0, 0.2, key=jax.random.key(i)))
         linear = float(LL.local_lipschitz_upper(mlp, x0, 0.2))
         interval = float(LL.local_lipschitz_upper(mlp, x0, 0.2, method="interval"))
         rows.append((lower, linear, interval, naive))
@@ -161,8 +164,41 @@ def test_comparison_table_against_the_naive_global_bound():
     assert any(r[1] < r[2] * 0.99 for r in rows)
     assert max(r[2] for r in rows) < naive / 2
     # the naive bound of Flax kernels [in, out] is the same product
-    kernels = [w.T for w in mlp.weights]
-    assert float(LL.naive_lipschitz_bound(kernels, kernel_layout="in_out")) == pytest.approx(naive)
+    assert naive == pytest.approx(np.prod([np.abs(k).sum(0).max() for k in mlp.weights]))
+    # the naive bound of [out, in] matrices (layout="torch") is the same product
+    matrices = [k.T for k in mlp.weights]
+    assert float(LL.naive_lipschitz_bound(matrices, layout="torch")) == pytest.approx(naive)
+    # ℓ2: a certified product of σ_max (above the SVD values, within the outward margin)
+    svd = np.prod([np.linalg.svd(k, compute_uv=False)[0] for k in mlp.weights])
+    naive_2 = float(LL.naive_lipschitz_bound(mlp.weights, norm="2"))
+    assert svd <= naive_2 <= svd * (1 + 1e-9)
+
+
+def test_square_kernels_follow_the_layout():
+    """A square ReLU MLP in the Flax layout is relu(x @ K_0 + b_0) @ K_1 + b_1; the same
+    kernels transposed with layout="torch" are the same network, and the bounds agree."""
+    rng = np.random.default_rng(13)
+    kernels = [rng.normal(size=(5, 5)) for _ in range(2)]
+    biases = [rng.normal(size=5) for _ in range(2)]
+    x0 = jnp.asarray(rng.normal(size=5))
+    flax = LL.ReluMLP(kernels, biases)
+    torch = LL.ReluMLP([k.T for k in kernels], biases, layout="torch")
+    misread = LL.ReluMLP(kernels, biases, layout="torch")
+    expected = np.maximum(np.asarray(x0) @ kernels[0] + biases[0], 0) @ kernels[1] + biases[1]
+    np.testing.assert_allclose(np.asarray(flax(x0)), expected, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(torch(x0)), expected, rtol=1e-12)
+    assert not np.allclose(np.asarray(misread(x0)), expected)
+    for norm in ("inf", "1"):
+        a = float(LL.local_lipschitz_upper(flax, x0, 0.1, norm=norm))
+        b = float(LL.local_lipschitz_upper(torch, x0, 0.1, norm=norm))
+        assert a == pytest.approx(b, rel=1e-12)
+        samples = sampled_norms(lambda x: expected_fn(kernels, biases, x), x0, 0.1,
+                                jax.random.key(14), norm=norm, num=2000)
+        assert samples.max() <= a
+
+
+def expected_fn(kernels, biases, x):
+    return jax.nn.relu(x @ kernels[0] + biases[0]) @ kernels[1] + biases[1]
 
 
 def test_bad_inputs():
@@ -180,13 +216,21 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="needs fn to be a ReluMLP"):
         LL.local_lipschitz_upper(lambda x: x, x0, 0.1, method="linear")
     with pytest.raises(TypeError, match="key must be a jax.random key"):
-        LL.local_lipschitz_lower(mlp, x0, 0.1, 0)
+        LL.local_lipschitz_lower(mlp, x0, 0.1, key=0)
+    with pytest.raises(TypeError, match="positional"):
+        LL.local_lipschitz_lower(mlp, x0, 0.1, jax.random.key(0))  # key is keyword-only
     with pytest.raises(ValueError, match="num_steps must be"):
-        LL.local_lipschitz_lower(mlp, x0, 0.1, jax.random.key(0), num_steps=-1)
-    with pytest.raises(ValueError, match=r"weights\[1\] has fan_in"):
-        LL.ReluMLP([np.ones((3, 2)), np.ones((2, 4))], None)
-    with pytest.raises(TypeError, match="weights must be a non-empty list"):
+        LL.local_lipschitz_lower(mlp, x0, 0.1, key=jax.random.key(0), num_steps=-1)
+    with pytest.raises(ValueError, match=r"weights\[1\] has fan_in 4 but weights\[0\]"):
+        LL.ReluMLP([np.ones((2, 3)), np.ones((4, 2))])
+    with pytest.raises(ValueError, match=r"weights\[1\] has fan_in 4 but weights\[0\]"):
+        LL.ReluMLP([np.ones((3, 2)), np.ones((2, 4))], layout="torch")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        LL.ReluMLP(mlp.weights, layout="in_out")
+    with pytest.raises(ValueError, match="weights must be a non-empty list"):
         LL.naive_lipschitz_bound([])
+    with pytest.raises(ValueError, match="layout must be one of"):
+        LL.naive_lipschitz_bound(mlp.weights, layout="out_in")
     # np.inf, 1 and 2 are accepted as norm aliases
     assert float(LL.local_lipschitz_upper(mlp, x0, 0.0, norm=np.inf)) == pytest.approx(
         float(LL.local_lipschitz_upper(mlp, x0, 0.0, norm="inf"))

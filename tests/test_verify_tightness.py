@@ -73,7 +73,7 @@ def test_layer_tightness_first_layer_is_one_and_deep_is_smaller():
 
 def test_bad_input():
     w = jnp.ones((2, 3))
-    with pytest.raises(ValueError, match="eps must be a positive number, got -0.1"):
+    with pytest.raises(ValueError, match="eps must be > 0, got -0.1"):
         ibp_tightness(lambda v: v, w, jnp.ones((1, 2)), None, -0.1)
     with pytest.raises(ValueError, match="domain"):
         ibp_tightness(lambda v: v, w, jnp.ones((1, 2)), None, 0.1, domain=(1, 0))

@@ -33,16 +33,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxbounds._checks import check_callable, check_choice, check_int, check_number
 from jaxbounds.verify.crown import crown_bounds
 from jaxbounds.verify.ibp import interval_bounds
 
 __all__ = [
+    "METHODS",
     "CertifiedSchedule",
     "margin_lower_bounds",
     "make_certified_loss",
     "verified_accuracy",
     "worst_case_logits",
 ]
+
+METHODS = ("ibp", "crown-ibp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +59,10 @@ class CertifiedSchedule:
     kappa_final: float = 0.5
 
     def __post_init__(self):
-        if not self.eps >= 0:
-            raise ValueError(f"eps must be >= 0, got {self.eps!r}.")
-        if self.warmup_steps < 0 or self.ramp_steps < 1:
-            raise ValueError(
-                f"warmup_steps must be >= 0 and ramp_steps >= 1, got {self.warmup_steps} "
-                f"and {self.ramp_steps}."
-            )
-        if not 0 <= self.kappa_final <= 1:
-            raise ValueError(f"kappa_final must be in [0, 1], got {self.kappa_final!r}.")
+        check_number("eps", self.eps, low=0)
+        check_int("warmup_steps", self.warmup_steps, minimum=0)
+        check_int("ramp_steps", self.ramp_steps, minimum=1)
+        check_number("kappa_final", self.kappa_final, low=0, high=1)
 
     def progress(self, step):
         """0 during warm-up, then linear to 1 at the end of the ramp."""
@@ -101,8 +100,7 @@ def margin_lower_bounds(apply_fn: Callable, params, x, y, eps, *, num_classes: i
     ``outward=True`` (outward rounding, see :mod:`~jaxbounds.verify.ibp`) to certify; the
     training loss does not need it.
     """
-    if method not in ("ibp", "crown-ibp"):
-        raise ValueError(f"method must be 'ibp' or 'crown-ibp', got {method!r}.")
+    check_choice("method", method, METHODS)
     lo, hi = _box(x, eps, domain)
     spec = _margin_spec(y, num_classes)  # [b, k, k]
     if method == "ibp":
@@ -157,8 +155,8 @@ def make_certified_loss(apply_fn: Callable, schedule: CertifiedSchedule, *, num_
     robust cross-entropies, ε, κ and the verified accuracy of the batch at the current ε.
     Use with ``jax.value_and_grad(loss, has_aux=True)`` and any optax optimiser.
     """
-    if method not in ("ibp", "crown-ibp"):
-        raise ValueError(f"method must be 'ibp' or 'crown-ibp', got {method!r}.")
+    check_choice("method", method, METHODS)
+    check_callable("apply_fn", apply_fn)
 
     def logits_fn(params, x):
         out = apply_fn(params, x)

@@ -37,10 +37,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbounds._checks import check_callable, check_choice, is_traced
+from jaxbounds.verify._jax_compat import bind_equation, call_body, is_dropvar, is_literal
 from jaxbounds.verify.ibp import _validate
 from jaxbounds.verify.interval_rules import (
     INTERVAL_RULES,
@@ -84,7 +85,7 @@ class _Ref:
 
 
 def _is_zero_point(value) -> bool:
-    if isinstance(value, jax.core.Tracer):
+    if is_traced(value):
         return False
     return bool(np.all(np.asarray(value) == 0))
 
@@ -110,27 +111,19 @@ class _Graph:
             env[var] = val
 
         def read(v):
-            return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+            return v.val if is_literal(v) else env[v]
 
         for eqn in jaxpr.eqns:
             vals = [read(v) for v in eqn.invars]
             name = eqn.primitive.name
             if not any(isinstance(v, _Ref) for v in vals):
-                bind_params = eqn.primitive.get_bind_params(eqn.params)
-                subfuns = []
-                if isinstance(bind_params, tuple):
-                    subfuns, bind_params = bind_params
-                outs = eqn.primitive.bind(*subfuns, *vals, **bind_params)
-                outs = outs if eqn.primitive.multiple_results else [outs]
-            elif name in _CALLS:
-                inner = eqn.params.get("jaxpr") or eqn.params.get("call_jaxpr")
-                inner_jaxpr = getattr(inner, "jaxpr", inner)
-                inner_consts = list(getattr(inner, "consts", []))
-                outs = self.build(inner_jaxpr, inner_consts, vals)
+                outs = bind_equation(eqn, vals)
+            elif name in _CALLS and call_body(eqn.params) is not None:
+                outs = self.build(*call_body(eqn.params), vals)
             else:
                 outs = [self._node(eqn, vals)]
             for var, val in zip(eqn.outvars, outs, strict=True):
-                if not isinstance(var, jax.extend.core.DropVar):
+                if not is_dropvar(var):
                     env[var] = val
         return [read(v) for v in jaxpr.outvars]
 
@@ -257,10 +250,8 @@ def crown_bounds(fn: Callable, lower, upper, *args, spec=None, outward: bool = T
     Returns:
       ``(out_lower, out_upper)``, never looser than IBP at any node.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
-    if intermediate not in ("crown", "ibp"):
-        raise ValueError(f"intermediate must be 'crown' or 'ibp', got {intermediate!r}.")
+    check_callable("fn", fn)
+    check_choice("intermediate", intermediate, ("crown", "ibp"))
     lo_leaves, hi_leaves, _, valid = _validate(lower, upper)
     if len(lo_leaves) != 1:
         raise ValueError(f"crown_bounds needs lower to be one array, got {len(lo_leaves)} leaves.")

@@ -41,11 +41,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from jaxbounds._checks import check_array, check_callable, is_traced
+from jaxbounds.verify._jax_compat import bind_equation, is_dropvar, is_literal
 from jaxbounds.verify.interval_rules import (
     INTERVAL_RULES,
     Box,
@@ -70,7 +71,7 @@ def supported_primitives() -> list[str]:
 
 
 def _read(env, var):
-    if isinstance(var, jax.extend.core.Literal):
+    if is_literal(var):
         return var.val
     return env[var]
 
@@ -95,13 +96,7 @@ def eval_jaxpr_intervals(ctx: Context, jaxpr, consts, args) -> list:
     for eqn in jaxpr.eqns:
         values = [_read(env, v) for v in eqn.invars]
         if not any(is_box(v) for v in values):
-            bind_params = eqn.primitive.get_bind_params(eqn.params)
-            subfuns = []
-            if isinstance(bind_params, tuple):  # jax < 0.7: (subfuns, params)
-                subfuns, bind_params = bind_params
-            outs = eqn.primitive.bind(*subfuns, *values, **bind_params)
-            if not eqn.primitive.multiple_results:
-                outs = [outs]
+            outs = bind_equation(eqn, values)
         else:
             rule = INTERVAL_RULES.get(eqn.primitive.name)
             if rule is None:
@@ -112,7 +107,7 @@ def eval_jaxpr_intervals(ctx: Context, jaxpr, consts, args) -> list:
                 )
             outs = rule(ctx, eqn, *values)
         for var, value in zip(eqn.outvars, outs, strict=True):
-            if not isinstance(var, jax.extend.core.DropVar):
+            if not is_dropvar(var):
                 env[var] = _cast(value, var.aval)
     return [_read(env, v) for v in jaxpr.outvars]
 
@@ -133,10 +128,7 @@ def _validate(lower, upper):
         lo = lo if isinstance(lo, jax.Array) else jnp.asarray(lo)
         hi = hi if isinstance(hi, jax.Array) else jnp.asarray(hi)
         for name, arr in (("lower", lo), ("upper", hi)):
-            if not jnp.issubdtype(arr.dtype, jnp.floating):
-                raise TypeError(
-                    f"{name}{where} must have a floating dtype, got {arr.dtype}."
-                )
+            check_array(f"{name}{where}", arr)
         if lo.shape != hi.shape:
             raise ValueError(
                 f"lower and upper must have the same shape{where}, got {lo.shape} and "
@@ -147,7 +139,7 @@ def _validate(lower, upper):
                 f"lower and upper must have the same dtype{where}, got {lo.dtype} and "
                 f"{hi.dtype}."
             )
-        if isinstance(lo, jax.core.Tracer) or isinstance(hi, jax.core.Tracer):
+        if is_traced(lo) or is_traced(hi):
             traced_checks.append(jnp.all(lo <= hi))  # False for NaN as well
         else:
             lo_np, hi_np = np.asarray(lo), np.asarray(hi)
@@ -185,8 +177,7 @@ def interval_bounds(fn: Callable, lower, upper, *args, outward: bool = True,
       ``(out_lower, out_upper)``, pytrees shaped like ``fn``'s output. Outputs that do not
       depend on the box are returned twice, exactly.
     """
-    if not callable(fn):
-        raise TypeError(f"fn must be callable, got {type(fn).__name__}.")
+    check_callable("fn", fn)
     lo_leaves, hi_leaves, in_tree, valid = _validate(lower, upper)
     x_struct = jax.tree.unflatten(in_tree, lo_leaves)
     closed, out_shape = jax.make_jaxpr(lambda x: fn(x, *args), return_shape=True)(x_struct)

@@ -41,9 +41,11 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
+
+from jaxbounds._checks import is_traced
+from jaxbounds.verify._jax_compat import call_body, is_literal, open_jaxpr, scan_params
 
 __all__ = [
     "Box",
@@ -335,6 +337,24 @@ def _square_rule(ctx, eqn, x):
     return [widen(ctx, lo, jnp.maximum(plo, phi), 1)]
 
 
+@register_rule("one_minus_square")
+def _one_minus_square_rule(ctx, eqn, x):
+    """``1 − x²`` (jax ≥ 0.12 emits it in the JVPs of tanh, asin, acos and atanh).
+
+    From the sound box ``[s_lo, s_hi]`` of ``x²``: ``[1 − s_hi, 1 − s_lo]``. The subtraction
+    cancels near ``|x| = 1``, so its rounding error is bounded absolutely, by
+    ``eps·(1 + s) + tiny``, not relative to the (possibly tiny) result.
+    """
+    (square,) = _square_rule(ctx, eqn, x)
+    lo, hi = 1 - square.hi, 1 - square.lo
+    if ctx.outward and _is_float(lo.dtype):
+        info = jnp.finfo(lo.dtype)
+        eps, tiny = float(info.eps), float(info.tiny)
+        lo = lo - eps * (1 + square.hi) - tiny
+        hi = hi + eps * (1 + square.lo) + tiny
+    return [Box(lo, hi)]
+
+
 @register_rule("abs")
 def _abs_rule(ctx, eqn, x):
     lo = jnp.where(x.lo >= 0, x.lo, jnp.where(x.hi <= 0, -x.hi, jnp.zeros_like(x.lo)))
@@ -386,33 +406,22 @@ def _cosh_rule(ctx, eqn, x):
 # --------------------------------------------------------------------------- reductions
 
 
-def _reduced_count(eqn, shape) -> int:
-    return int(np.prod([shape[a] for a in eqn.params["axes"]], dtype=np.int64))
+def _summed_terms(eqn, shape) -> int:
+    """How many operand entries each output entry of a sum-like primitive adds up."""
+    name = eqn.primitive.name
+    if name == "reduce_sum":
+        return int(np.prod([shape[a] for a in eqn.params["axes"]], dtype=np.int64))
+    if name == "reduce_window_sum":
+        return int(np.prod(eqn.params["window_dimensions"]))
+    return shape[eqn.params["axis"]]  # cumsum
 
 
-@register_rule("reduce_sum")
-def _reduce_sum_rule(ctx, eqn, x):
+@register_rule("reduce_sum", "reduce_window_sum", "cumsum")
+def _sum_rule(ctx, eqn, x):
+    """A sum is monotone: bind it to both ends, plus the a-priori summation error."""
     box = Box(_bind(eqn, x.lo), _bind(eqn, x.hi))
-    n = _reduced_count(eqn, x.lo.shape)
     if ctx.outward and _is_float(box.lo.dtype):
-        box = add_slack(ctx, box, _bind(eqn, magnitude(x)), n)
-    return [box]
-
-
-@register_rule("reduce_window_sum")
-def _reduce_window_sum_rule(ctx, eqn, x):
-    box = Box(_bind(eqn, x.lo), _bind(eqn, x.hi))
-    n = int(np.prod(eqn.params["window_dimensions"]))
-    if ctx.outward and _is_float(box.lo.dtype):
-        box = add_slack(ctx, box, _bind(eqn, magnitude(x)), n)
-    return [box]
-
-
-@register_rule("cumsum")
-def _cumsum_rule(ctx, eqn, x):
-    box = Box(_bind(eqn, x.lo), _bind(eqn, x.hi))
-    n = x.lo.shape[eqn.params["axis"]]
-    if ctx.outward and _is_float(box.lo.dtype):
+        n = _summed_terms(eqn, x.lo.shape)
         box = add_slack(ctx, box, _bind(eqn, magnitude(x)), n)
     return [box]
 
@@ -452,7 +461,7 @@ def _is_finite_rule(ctx, eqn, x):
 
 def _same_operand(eqn) -> bool:
     a, b = eqn.invars
-    return not isinstance(a, jax.extend.core.Literal) and a is b
+    return not is_literal(a) and a is b
 
 
 @register_rule("gt", "lt", "ge", "le")
@@ -598,35 +607,27 @@ def _conv_rule(ctx, eqn, a, b):
 # --------------------------------------------------------------------------- control flow
 
 
-def _inner(jaxpr_like):
-    """``(jaxpr, consts)`` of a ClosedJaxpr or an open Jaxpr."""
-    if hasattr(jaxpr_like, "consts"):
-        return jaxpr_like.jaxpr, list(jaxpr_like.consts)
-    return jaxpr_like, []
-
-
 @register_rule("jit", "pjit", "closed_call", "core_call", "remat", "remat2", "checkpoint",
                "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr")
 def _call_rule(ctx, eqn, *values):
-    params = eqn.params
-    inner = params.get("jaxpr") or params.get("call_jaxpr") or params.get("fun_jaxpr")
-    if inner is None:
+    body = call_body(eqn.params)
+    if body is None:
         raise UnsupportedPrimitiveError(
-            f"{eqn.primitive.name}: no inner jaxpr found (params {sorted(params)})."
+            f"{eqn.primitive.name}: no inner jaxpr found (params {sorted(eqn.params)})."
         )
-    jaxpr, consts = _inner(inner)
+    jaxpr, consts = body
     return ctx.eval_jaxpr(jaxpr, consts, list(values))
 
 
 @register_rule("cond")
 def _cond_rule(ctx, eqn, index, *operands):
     branches = eqn.params["branches"]
-    if not is_box(index) and not isinstance(index, jax.core.Tracer):
-        jaxpr, consts = _inner(branches[int(np.asarray(index))])
+    if not is_box(index) and not is_traced(index):
+        jaxpr, consts = open_jaxpr(branches[int(np.asarray(index))])
         return ctx.eval_jaxpr(jaxpr, consts, list(operands))
     outs = []
     for branch in branches:
-        jaxpr, consts = _inner(branch)
+        jaxpr, consts = open_jaxpr(branch)
         outs.append(ctx.eval_jaxpr(jaxpr, consts, list(operands)))
     return [hull_select(index, [o[i] for o in outs]) for i in range(len(outs[0]))]
 
@@ -634,19 +635,16 @@ def _cond_rule(ctx, eqn, index, *operands):
 @register_rule("scan")
 def _scan_rule(ctx, eqn, *values):
     """Unrolled in Python: each iteration propagates the boxes through the body."""
-    p = eqn.params
-    jaxpr, body_consts = _inner(p["jaxpr"])
-    nc, ncarry = p["num_consts"], p["num_carry"]
+    jaxpr, body_consts, nc, ncarry, length, reverse = scan_params(eqn.params)
     consts, carry, xs = list(values[:nc]), list(values[nc:nc + ncarry]), values[nc + ncarry:]
-    length = p["length"]
     ys_steps = []
-    steps = range(length - 1, -1, -1) if p["reverse"] else range(length)
+    steps = range(length - 1, -1, -1) if reverse else range(length)
     for i in steps:
         x_i = [Box(x.lo[i], x.hi[i]) if is_box(x) else x[i] for x in xs]
         out = ctx.eval_jaxpr(jaxpr, body_consts, consts + carry + x_i)
         carry, ys = list(out[:ncarry]), out[ncarry:]
         ys_steps.append(ys)
-    if p["reverse"]:
+    if reverse:
         ys_steps = ys_steps[::-1]
     stacked = []
     for j, var in enumerate(jaxpr.outvars[ncarry:]):

@@ -8,8 +8,10 @@ and Householder activations.
 
 The network
 -----------
-f(x) = W_L φ(W_{L-1} ⋯ φ(W_0 x + b_0) ⋯ + b_{L-1}) + b_L, weights ``[fan_out, fan_in]`` (pass
-``kernel_layout="in_out"`` for Flax kernels). Biases never change a Lipschitz constant.
+f(x) = W_L φ(W_{L-1} ⋯ φ(W_0 x + b_0) ⋯ + b_{L-1}) + b_L. The weights are passed as Flax
+kernels ``[in, out]`` (``layout="flax"``, the default: layer k computes ``h @ kernel``, so the
+kernel is W_kᵀ) or as ``[out, in]`` matrices W_k with ``layout="torch"``. Biases never change
+a Lipschitz constant.
 :func:`network_forward` evaluates exactly the network the bound is about (the activation
 conventions below). ``weights=[W]`` is a linear map: the bound is ‖W‖₂ exactly.
 
@@ -101,9 +103,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
 
 import numpy as np
+
+from jaxbounds._checks import (
+    check_array,
+    check_choice,
+    check_finite,
+    check_int,
+    check_number,
+    check_sequence,
+    require,
+)
+from jaxbounds._dtypes import as_compute
+from jaxbounds._linalg import spectral_norm_upper
+from jaxbounds.verify._weights import layer_matrices
 
 _SLOPES = {"relu": (0.0, 1.0), "tanh": (0.0, 1.0), "sigmoid": (0.0, 0.25), "slope": None}
 _GROUPS = ("groupsort", "maxmin", "householder")
@@ -127,7 +141,8 @@ class LipSDPReport:
 
     ``bound`` = √``rho_certified`` is the certified ℓ2 Lipschitz bound; ``rho_solver`` is the
     solver's raw optimal ρ (not a bound until certified; ``None`` when certifying given
-    multipliers); ``rest_block_max_eig`` < 0 is λ_max(R); ``float_margin`` was added to ρ*.
+    multipliers); ``rest_block_max_eig`` < 0 is λ_max(R); ``float_margin`` was added to ρ*;
+    ``product_bound`` is Π‖W_k‖₂, each factor a certified upper bound on σ_max.
     """
 
     bound: float
@@ -156,33 +171,15 @@ class _Spec:
     basis: tuple  # per layer: orthonormal basis of range(I − P) ("group" kind)
 
 
-# ----------------------------------------------------------------------------- checks
+# ----------------------------------------------------------------------------- arguments
 
 
-def _as_weights(weights, kernel_layout: str) -> list[np.ndarray]:
-    if kernel_layout not in ("out_in", "in_out"):
-        raise ValueError(f"kernel_layout must be 'out_in' or 'in_out', got {kernel_layout!r}.")
-    if isinstance(weights, np.ndarray) or not isinstance(weights, Sequence) or not weights:
-        raise TypeError(
-            "weights must be a non-empty list of 2-D arrays [fan_out, fan_in], got "
-            f"{type(weights).__name__}."
-        )
-    out = []
-    for i, w in enumerate(weights):
-        w = np.asarray(w, dtype=np.float64)
-        if w.ndim != 2:
-            raise ValueError(f"weights[{i}] must be 2-D, got shape {w.shape}.")
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"weights[{i}] must be finite, got NaN or inf entries.")
-        out.append(w.T if kernel_layout == "in_out" else w)
-    for i in range(1, len(out)):
-        if out[i].shape[1] != out[i - 1].shape[0]:
-            raise ValueError(
-                f"weights[{i}] has fan_in {out[i].shape[1]} but weights[{i - 1}] has fan_out "
-                f"{out[i - 1].shape[0]} (layout [fan_out, fan_in]; use kernel_layout='in_out' "
-                "for Flax kernels)."
-            )
-    return out
+def _network(weights, activation, layout, slope, group_size, householder_v, *, xp=np):
+    """``(ws, spec)``: the matrices W_k ``[out, in]`` of the layers (float64 NumPy arrays, or
+    jax arrays of the compute dtype with ``xp=jax.numpy``) and the QC specification."""
+    ws = layer_matrices(weights, layout, finite=True)
+    ws = [np.asarray(w, np.float64) for w in ws] if xp is np else list(as_compute(*ws))
+    return ws, _spec(ws, activation, slope, group_size, householder_v)
 
 
 def _householder_vectors(householder_v, sizes, group_size) -> list[np.ndarray]:
@@ -193,56 +190,54 @@ def _householder_vectors(householder_v, sizes, group_size) -> list[np.ndarray]:
             "(shared), [groups, group_size], or a list of those per hidden layer."
         )
     if isinstance(householder_v, list | tuple):
-        if len(householder_v) != len(sizes):
-            raise ValueError(
-                f"householder_v has {len(householder_v)} entries, expected one per hidden "
-                f"layer ({len(sizes)})."
-            )
-        per_layer = list(householder_v)
+        per_layer = check_sequence(
+            "householder_v", householder_v, length=len(sizes), per="hidden layer"
+        )
     else:
         per_layer = [householder_v] * len(sizes)
     out = []
     for k, (u, n) in enumerate(zip(per_layer, sizes)):
-        u = np.asarray(u, dtype=np.float64)
+        name = f"householder_v for hidden layer {k}"
+        u = np.asarray(check_array(name, u, ndim=(1, 2), kind="numeric", finite=True),
+                       np.float64)
         if u.ndim == 1:
             u = np.broadcast_to(u, (n // group_size, u.shape[0]))
         if u.shape != (n // group_size, group_size):
             raise ValueError(
-                f"householder_v for hidden layer {k} must have shape ({group_size},) or "
+                f"{name} must have shape ({group_size},) or "
                 f"({n // group_size}, {group_size}), got {u.shape}."
             )
         norms = np.linalg.norm(u, axis=1, keepdims=True)
-        if np.any(norms == 0) or not np.all(np.isfinite(u)):
-            raise ValueError(f"householder_v for hidden layer {k} must be finite and nonzero.")
+        require(name, norms, lambda v: v > 0, "nonzero in every group")
         out.append(u / norms)
     return out
 
 
 def _spec(ws, activation, slope, group_size, householder_v) -> _Spec:
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}.")
+    check_choice("activation", activation, ACTIVATIONS)
     sizes = tuple(w.shape[0] for w in ws[:-1])
-    if activation in _SLOPES or activation in _REWRITES:
-        if activation == "slope":
-            if slope is None:
-                raise ValueError("activation='slope' needs slope=(alpha, beta).")
-        elif slope is not None:
+    if activation in ("maxmin",) + _REWRITES:
+        group_size = 2
+    elif activation in _SLOPES:
+        group_size = 1
+    group_size = check_int("group_size", group_size, minimum=1)
+    for k, n in enumerate(sizes):
+        if n % group_size:
+            raise ValueError(
+                f"hidden layer {k} has width {n}, not a multiple of the group size "
+                f"{group_size} that activation={activation!r} needs."
+            )
+    if activation not in _GROUPS:
+        if activation == "slope" and slope is None:
+            raise ValueError("activation='slope' needs slope=(alpha, beta).")
+        if activation != "slope" and slope is not None:
             raise ValueError(f"slope is only used with activation='slope', got {slope!r}.")
         alpha, beta = _SLOPES.get(activation) or slope or (0.0, 1.0)
         alpha, beta = float(alpha), float(beta)
         if not (math.isfinite(alpha) and math.isfinite(beta) and alpha <= beta):
             raise ValueError(f"slope must be finite with alpha <= beta, got {slope!r}.")
-        if activation in _REWRITES:
-            _check_groups(sizes, 2, activation)
-        qc_sizes = sizes
-        eyes = tuple(np.eye(n) for n in qc_sizes)
-        return _Spec(activation, "slope", alpha, beta, qc_sizes, qc_sizes, eyes, (), ())
-    if activation == "maxmin":
-        group_size = 2
-    if not isinstance(group_size, int | np.integer) or group_size < 1:
-        raise ValueError(f"group_size must be a positive integer, got {group_size!r}.")
-    group_size = int(group_size)
-    _check_groups(sizes, group_size, activation)
+        eyes = tuple(np.eye(n) for n in sizes)
+        return _Spec(activation, "slope", alpha, beta, sizes, sizes, eyes, (), ())
     expand, proj, basis = [], [], []
     if activation == "householder":
         us = _householder_vectors(householder_v, sizes, group_size)
@@ -267,15 +262,6 @@ def _spec(ws, activation, slope, group_size, householder_v) -> _Spec:
         activation, "group", 0.0, 1.0, sizes, tuple(n // group_size for n in sizes),
         tuple(expand), tuple(proj), tuple(basis),
     )
-
-
-def _check_groups(sizes, group_size, activation):
-    for k, n in enumerate(sizes):
-        if n % group_size:
-            raise ValueError(
-                f"hidden layer {k} has width {n}, not a multiple of the group size "
-                f"{group_size} that activation={activation!r} needs."
-            )
 
 
 def _block_diag(blocks, n):
@@ -367,7 +353,7 @@ def _smallest_rho_numpy(m0, n_in):
     dim = m0.shape[0]
     x, y, r = m0[:n_in, :n_in], m0[:n_in, n_in:], m0[n_in:, n_in:]
     if r.size == 0:
-        s, rest_max, margin = x, -math.inf, 32 * dim * _UNIT_ROUNDOFF * np.linalg.norm(x, 2)
+        s, rest_max, margin = x, -math.inf, 32 * dim * _UNIT_ROUNDOFF * _sigma(x)
     else:
         eig_r = np.linalg.eigvalsh(r)
         rest_max = float(eig_r[-1])
@@ -384,68 +370,60 @@ def _smallest_rho_numpy(m0, n_in):
         kappa = scale / -rest_max
         margin = (
             32 * dim * _UNIT_ROUNDOFF
-            * (np.linalg.norm(x, 2) + np.linalg.norm(y, 2) ** 2 / -rest_max * (1 + kappa))
+            * (_sigma(x) + _sigma(y) ** 2 / -rest_max * (1 + kappa))
         )
     lam_max = float(np.linalg.eigvalsh(0.5 * (s + s.T))[-1])
     return max(lam_max + float(margin), 0.0), rest_max, float(margin)
 
 
-def _check_multipliers(spec, mult) -> Multipliers:
+def _lambdas(mult, spec, xp=np, dtype=np.float64) -> tuple:
+    """The λ of ``mult``, one array per activation layer broadcast to its neurons or groups.
+
+    A concrete λ must be finite and >= 0 (a QC with a negative multiplier is not valid);
+    traced ones are checked by the caller."""
     if not isinstance(mult, Multipliers):
         raise TypeError(f"multipliers must be a Multipliers, got {type(mult).__name__}.")
-    layers = len(spec.sizes)
-    lam = _per_layer("multipliers.lam", mult.lam, spec.groups, layers)
-    for k, l in enumerate(lam):
-        if np.any(l < 0):
-            raise ValueError(
-                f"multipliers.lam[{k}] must be >= 0 (a QC with a negative multiplier is not "
-                f"valid), got {l[l < 0][:5]!r}."
-            )
-    return Multipliers(tuple(lam))
-
-
-def _per_layer(name, values, counts, layers):
-    if not isinstance(values, Sequence) or len(values) != layers:
-        raise ValueError(f"{name} must have one entry per activation layer ({layers}).")
-    out = []
-    for k, (v, n) in enumerate(zip(values, counts)):
-        v = np.broadcast_to(np.asarray(v, dtype=np.float64), (n,)).copy()
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name}[{k}] must be finite.")
-        out.append(v)
+    lam = check_sequence(
+        "multipliers.lam", mult.lam, length=len(spec.sizes), per="activation layer"
+    )
+    out = tuple(
+        xp.array(xp.broadcast_to(xp.asarray(l, dtype), (n,))) for l, n in zip(lam, spec.groups)
+    )
+    for k, l in enumerate(out):
+        check_finite(f"multipliers.lam[{k}]", l)
+        require(f"multipliers.lam[{k}]", l, lambda v: v >= 0,
+                ">= 0 (a QC with a negative multiplier is not valid)")
     return out
 
 
+def _sigma(w) -> float:
+    """A certified upper bound on σ_max(w) (float64 SVD with an outward margin)."""
+    return float(spectral_norm_upper(w))
+
+
 def _product_bound(ws):
-    return float(np.prod([np.linalg.norm(w, 2) for w in ws]))
+    return float(np.prod([_sigma(w) for w in ws]))
 
 
 # ----------------------------------------------------------------------------- public API
 
 
-def certify_multipliers(
-    weights,
-    multipliers: Multipliers,
-    activation: str = "relu",
-    *,
-    kernel_layout: str = "out_in",
-    slope=None,
-    group_size: int = 2,
-    householder_v=None,
-) -> tuple[float, LipSDPReport]:
+def certify_multipliers(weights, multipliers: Multipliers, activation: str = "relu", *,
+                        layout: str = "flax", slope=None, group_size: int = 2,
+                        householder_v=None) -> tuple[float, LipSDPReport]:
     """Certified ℓ2 Lipschitz bound √ρ*(y) for fixed admissible multipliers y.
 
     ρ*(y) = λ_max(X + Y(−R)⁻¹Yᵀ) (+ a float64 error margin), the exact smallest ρ with
     M(ρ, y) ⪯ 0 (module docstring). Raises ValueError if a λ is negative or if R is not
-    negative definite (then no ρ works for these multipliers). Returns ``(bound, report)``.
+    negative definite (then no ρ works for these multipliers). Arguments as in
+    :func:`lipsdp_bound`. Returns ``(bound, report)``.
     """
-    ws = _as_weights(weights, kernel_layout)
-    spec = _spec(ws, activation, slope, group_size, householder_v)
+    ws, spec = _network(weights, activation, layout, slope, group_size, householder_v)
     return _certify(ws, spec, multipliers, "given", "given multipliers", None, 0.0)
 
 
 def _certify(ws, spec, multipliers, solver, status, rho_solver, seconds):
-    mult = _check_multipliers(spec, multipliers)
+    mult = Multipliers(_lambdas(multipliers, spec))
     maps = _network_maps(ws, spec, np)
     rho, rest_max, margin = _smallest_rho_numpy(_lmi(maps, spec, mult, np.diag), maps[0])
     bound = math.sqrt(rho)
@@ -458,62 +436,42 @@ def _certify(ws, spec, multipliers, solver, status, rho_solver, seconds):
     return bound, report
 
 
-def certified_bound_jax(
-    weights,
-    multipliers: Multipliers,
-    activation: str = "relu",
-    *,
-    kernel_layout: str = "out_in",
-    slope=None,
-    group_size: int = 2,
-    householder_v=None,
-):
+def certified_bound_jax(weights, multipliers: Multipliers, activation: str = "relu", *,
+                        layout: str = "flax", slope=None, group_size: int = 2,
+                        householder_v=None):
     """JAX version of :func:`certify_multipliers`: √ρ*(y) as a differentiable jax scalar.
 
     Works under ``jit`` and ``grad`` (w.r.t. the weights and the multipliers); returns NaN
-    where R is not negative definite or a λ is negative (traced values cannot raise; use
-    :func:`certify_multipliers` for the checked float64 certificate). Run it with
+    where R is not negative definite or a traced λ is negative (traced values cannot raise;
+    use :func:`certify_multipliers` for the checked float64 certificate). Run it with
     ``jax.enable_x64(True)`` for a certificate; in float32 it is an estimate. (Unlike
     :func:`certify_multipliers` it adds no floating-point margin.)
     """
     import jax.numpy as jnp
 
-    schur, valid, _ = _schur_jax(
-        weights, multipliers, activation, kernel_layout, slope, group_size, householder_v
+    ws, spec = _network(
+        weights, activation, layout, slope, group_size, householder_v, xp=jnp
     )
+    schur, valid = _schur_jax(ws, spec, _lambdas(multipliers, spec, jnp, ws[0].dtype))
     rho = jnp.maximum(jnp.linalg.eigvalsh(schur)[-1], 0.0)
     return jnp.where(valid, jnp.sqrt(rho), jnp.nan)
 
 
-def _schur_jax(weights, multipliers, activation, kernel_layout, slope, group_size, householder_v):
-    """(X + Y(−R)⁻¹Yᵀ symmetrised, valid, eigenvalues of R) in JAX; valid is False where R is
-    not negative definite or a λ is negative."""
+def _schur_jax(ws, spec, lam):
+    """(X + Y(−R)⁻¹Yᵀ symmetrised, valid) in JAX for the matrices ``ws`` ``[out, in]`` and the
+    λ ``lam``; valid is False where R is not negative definite or a λ is negative."""
     import jax.numpy as jnp
     from jax.scipy.linalg import solve_triangular
 
-    shapes = [np.zeros(np.shape(w)) for w in weights] if isinstance(weights, Sequence) else weights
-    spec = _spec(_as_weights(shapes, kernel_layout), activation, slope, group_size, householder_v)
-    ws = [jnp.asarray(w) for w in weights]
-    ws = [w.T if kernel_layout == "in_out" else w for w in ws]
-    dtype = jnp.result_type(*ws)
-    ws = [w.astype(dtype) for w in ws]
-    if len(multipliers.lam) != len(spec.sizes):
-        raise ValueError(
-            f"multipliers.lam must have one entry per activation layer ({len(spec.sizes)})."
-        )
-    lam = [
-        jnp.broadcast_to(jnp.asarray(l, dtype), (n,))
-        for l, n in zip(multipliers.lam, spec.groups)
-    ]
-    mult = Multipliers(tuple(lam))
+    dtype = ws[0].dtype
     maps = _network_maps(ws, spec, jnp)
-    m0 = _lmi(maps, spec, mult, jnp.diag)
+    m0 = _lmi(maps, spec, Multipliers(tuple(lam)), jnp.diag)
     m0 = 0.5 * (m0 + m0.T)
     n_in = maps[0]
     x, y, r = m0[:n_in, :n_in], m0[:n_in, n_in:], m0[n_in:, n_in:]
     valid = jnp.all(jnp.stack([jnp.all(l >= 0) for l in lam])) if lam else jnp.array(True)
     if r.shape[0] == 0:
-        s, eig_r = x, jnp.full((1,), -1.0, dtype)
+        s = x
     else:
         eig_r = jnp.linalg.eigvalsh(r)
         eps = jnp.finfo(dtype).eps
@@ -521,34 +479,29 @@ def _schur_jax(weights, multipliers, activation, kernel_layout, slope, group_siz
         chol = jnp.linalg.cholesky(-r)
         half = solve_triangular(chol, y.T, lower=True)
         s = x + half.T @ half
-    return 0.5 * (s + s.T), valid, eig_r
+    return 0.5 * (s + s.T), valid
 
 
-def product_multipliers(
-    weights,
-    activation: str = "relu",
-    *,
-    kernel_layout: str = "out_in",
-    slope=None,
-    group_size: int = 2,
-    householder_v=None,
-    factor: float = 2.0,
-) -> Multipliers:
+def product_multipliers(weights, activation: str = "relu", *, layout: str = "flax",
+                        slope=None, group_size: int = 2, householder_v=None,
+                        factor: float = 2.0) -> Multipliers:
     """Hand-picked admissible multipliers (no solver): λ_k = c^{L−k+1} Π_{j≥k} ‖W_j‖₂² per layer
     (c = ``factor`` > 1), μ = ν = 0. R is then negative definite for 1-Lipschitz activations
     with slope in [0, 1] and for the group activations, and √ρ* ≤ c^{L/2}·Π‖W_k‖₂ (the product
-    bound up to the factor). The starting point of ``solver="jax"``."""
-    ws = _as_weights(weights, kernel_layout)
-    spec = _spec(ws, activation, slope, group_size, householder_v)
-    if not factor > 1:
-        raise ValueError(f"factor must be > 1, got {factor!r}.")
-    norms = [max(np.linalg.norm(w, 2), 1e-300) for w in ws]
+    bound up to the factor). The starting point of ``solver="jax"``. Arguments as in
+    :func:`lipsdp_bound`."""
+    ws, spec = _network(weights, activation, layout, slope, group_size, householder_v)
+    return _product_multipliers(ws, spec, factor)
+
+
+def _product_multipliers(ws, spec, factor):
+    check_number("factor", factor, low=1, low_open=True)
+    norms = [max(_sigma(w), 1e-300) for w in ws]
     lam, t = [], 1.0
     for k in reversed(range(len(spec.sizes))):
         t = factor * t * norms[k + 1] ** 2
         lam.append(np.full(spec.groups[k], t))
-    lam = tuple(reversed(lam))
-    return Multipliers(lam)
+    return Multipliers(tuple(reversed(lam)))
 
 
 def lipsdp_bound(
@@ -556,7 +509,7 @@ def lipsdp_bound(
     activation: str = "relu",
     *,
     solver: str = "CLARABEL",
-    kernel_layout: str = "out_in",
+    layout: str = "flax",
     slope=None,
     group_size: int = 2,
     householder_v=None,
@@ -569,8 +522,9 @@ def lipsdp_bound(
     """Certified ℓ2 Lipschitz bound of a feed-forward network by LipSDP / LipSDP-NSR.
 
     Args:
-      weights: list of 2-D arrays W_0, …, W_L, ``[fan_out, fan_in]`` (or ``[in, out]`` with
-        ``kernel_layout="in_out"``). One matrix means a linear map (bound = ‖W‖₂).
+      weights: list of 2-D arrays, one per layer: Flax kernels ``[in, out]`` (the default
+        ``layout="flax"``) or ``[out, in]`` matrices W_0, …, W_L with ``layout="torch"``. One
+        matrix means a linear map (bound = ‖W‖₂).
       activation: ``"relu"``, ``"tanh"``, ``"sigmoid"``, ``"slope"`` (with ``slope=(α, β)``),
         ``"groupsort"`` (``group_size``), ``"maxmin"``, ``"householder"`` (``householder_v``:
         [group_size], [groups, group_size] or a list per hidden layer; normalised), or
@@ -584,23 +538,18 @@ def lipsdp_bound(
       ``(bound, report)``: bound = √ρ*, certified from the solver's multipliers by
       :func:`certify_multipliers` (never the solver's raw ρ, which the report also carries).
     """
-    ws = _as_weights(weights, kernel_layout)
-    spec = _spec(ws, activation, slope, group_size, householder_v)
-    if mode not in ("neuron", "layer"):
-        raise ValueError(f"mode must be 'neuron' or 'layer', got {mode!r}.")
-    if not (isinstance(margin, int | float) and 0 <= margin < 1):
-        raise ValueError(f"margin must be a number in [0, 1), got {margin!r}.")
-    opts = dict(
-        kernel_layout="out_in", slope=slope, group_size=group_size, householder_v=householder_v
-    )
+    ws, spec = _network(weights, activation, layout, slope, group_size, householder_v)
+    check_choice("mode", mode, ("neuron", "layer"))
+    check_number("margin", margin, low=0, high=1, high_open=True)
+    check_int("jax_steps", jax_steps, minimum=1)
     if not spec.sizes:  # a linear map: no multipliers, ρ* = ‖W‖₂² exactly
         return _certify(ws, spec, Multipliers(()), "none", "linear (no SDP)", None, 0.0)
-    norms = np.array([np.linalg.norm(w, 2) for w in ws])
+    norms = np.array([_sigma(w) for w in ws])
     norms = np.where(norms > 0, norms, 1.0)
     normalised = [w / s for w, s in zip(ws, norms)]
     start = time.perf_counter()
     if solver == "jax":
-        mult_n, rho_n, status = _solve_jax(normalised, spec, activation, opts, jax_steps)
+        mult_n, rho_n, status = _solve_jax(normalised, spec, jax_steps)
     else:
         mult_n, rho_n, status = _solve_cvxpy(
             normalised, spec, activation, solver, mode, margin, verbose, solver_options or {}
@@ -655,7 +604,7 @@ def _solve_cvxpy(ws, spec, activation, solver, mode, margin, verbose, options):
     return Multipliers(tuple(value(l) for l in lam)), float(rho.value), str(problem.status)
 
 
-def _solve_jax(ws, spec, activation, opts, steps):
+def _solve_jax(ws, spec, steps):
     """First-order backend: minimise the convex ρ*(y) = λ_max(S(y)) over log λ, in JAX.
 
     λ_max is not smooth where the top eigenvalue of S is repeated, so Adam (lr 0.05) descends
@@ -668,17 +617,16 @@ def _solve_jax(ws, spec, activation, opts, steps):
     import jax.numpy as jnp
     import optax
 
-    start = product_multipliers(ws, activation, **opts)
+    start = _product_multipliers(ws, spec, 2.0)
     sizes = [len(l) for l in start.lam]
     splits = [int(i) for i in np.cumsum(sizes)[:-1]]
-    args = (opts["kernel_layout"], opts["slope"], opts["group_size"], opts["householder_v"])
     optimiser = optax.adam(0.05)
     with jax.enable_x64(True):
         ws_j = [jnp.asarray(w) for w in ws]
 
         def objective(flat, tau):
             lam = tuple(jnp.exp(p) for p in jnp.split(flat, splits))
-            schur, valid, _ = _schur_jax(ws_j, Multipliers(lam), activation, *args)
+            schur, valid = _schur_jax(ws_j, spec, lam)
             eigs = jnp.linalg.eigvalsh(schur)
             soft = tau * jax.scipy.special.logsumexp(eigs / tau)
             return jnp.where(valid, soft, jnp.inf), jnp.where(valid, eigs[-1], jnp.inf)
@@ -715,19 +663,12 @@ def _solve_jax(ws, spec, activation, opts, steps):
     return Multipliers(lam), float(best), f"first-order (Adam, smoothed λ_max): {steps} steps"
 
 
-def network_forward(
-    weights,
-    x,
-    activation: str = "relu",
-    *,
-    biases=None,
-    kernel_layout: str = "out_in",
-    group_size: int = 2,
-    householder_v=None,
-):
+def network_forward(weights, x, activation: str = "relu", *, biases=None,
+                    layout: str = "flax", group_size: int = 2, householder_v=None):
     """The network :func:`lipsdp_bound` bounds, f(x) = W_L φ(⋯φ(W_0 x + b_0)⋯) + b_L, in JAX.
 
-    ``x``: [..., n_in]. GroupSort sorts each group of ``group_size`` in descending order,
+    ``x``: [..., n_in]; ``weights``, ``layout`` and the activations as in
+    :func:`lipsdp_bound`. GroupSort sorts each group of ``group_size`` in descending order,
     MaxMin is GroupSort with groups of 2 (pair (a, b) → (max, min)), Householder is
     z ↦ z if uᵀz > 0 else z − 2(uᵀz)u per group (u normalised). ``"maxmin_residual_relu"`` is
     the same function as ``"maxmin"``. ``"slope"`` has no forward function.
@@ -735,19 +676,15 @@ def network_forward(
     import jax
     import jax.numpy as jnp
 
-    shapes = [np.zeros(np.shape(w)) for w in weights]
-    ws0 = _as_weights(shapes, kernel_layout)
-    spec = _spec(ws0, activation, None, group_size, householder_v)
     if activation == "slope":
         raise ValueError("activation='slope' is a class of functions, it has no forward pass.")
+    ws, spec = _network(weights, activation, layout, None, group_size, householder_v, xp=jnp)
     us = (
         _householder_vectors(householder_v, spec.sizes, group_size)
         if activation == "householder" else None
     )
-    ws = [jnp.asarray(w) for w in weights]
-    ws = [w.T if kernel_layout == "in_out" else w for w in ws]
-    if biases is not None and len(biases) != len(ws):
-        raise ValueError(f"biases must have one entry per layer ({len(ws)}), got {len(biases)}.")
+    if biases is not None:
+        biases = check_sequence("biases", biases, length=len(ws), per="layer")
     h = jnp.asarray(x)
     for k, w in enumerate(ws):
         h = h @ w.T

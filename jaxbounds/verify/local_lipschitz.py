@@ -72,6 +72,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbounds._checks import (
+    check_array,
+    check_choice,
+    check_int,
+    check_key,
+    check_sequence,
+    require,
+)
+from jaxbounds._linalg import spectral_norm_upper
+from jaxbounds.verify._weights import layer_matrices
+
 NORMS = ("inf", "1", "2")
 
 __all__ = [
@@ -88,35 +99,31 @@ __all__ = [
 # ----------------------------------------------------------------------------- helpers
 
 
-def _check_norm(norm) -> str:
-    if not isinstance(norm, str):
-        try:
-            norm = {np.inf: "inf", 1: "1", 2: "2"}.get(norm, norm)
-        except TypeError:  # unhashable
-            pass
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS} (or np.inf, 1, 2), got {norm!r}.")
-    return norm
+_NORM_ALIASES = {"inf": "inf", "1": "1", "2": "2", np.inf: "inf", 1: "1", 2: "2"}
 
 
-def _check_box(x0, eps):
-    x0 = jnp.asarray(x0)
-    if not jnp.issubdtype(x0.dtype, jnp.floating):
-        raise TypeError(f"x0 must have a floating dtype, got {x0.dtype}.")
+def _norm_name(norm) -> str:
+    """``norm`` as one of :data:`NORMS` (``np.inf``, 1 and 2 are accepted as aliases)."""
+    try:
+        norm = _NORM_ALIASES.get(norm, norm)
+    except TypeError:  # unhashable: refused below
+        pass
+    return check_choice("norm", norm, NORMS)
+
+
+def _as_box(x0, eps):
+    """``(x0, eps)`` as arrays of x0's shape and floating dtype, after checking them."""
+    x0 = check_array("x0", jnp.asarray(x0))
     if x0.size == 0:
         raise ValueError(f"x0 must be non-empty, got shape {x0.shape}.")
-    eps_arr = jnp.asarray(eps, dtype=x0.dtype)
-    if not isinstance(eps_arr, jax.core.Tracer):
-        e = np.asarray(eps_arr)
-        if np.any(~np.isfinite(e)) or np.any(e < 0):
-            raise ValueError(f"eps must be finite and >= 0, got {e.ravel()[:5]!r}.")
-        try:
-            np.broadcast_to(e, x0.shape)
-        except ValueError as err:
-            raise ValueError(
-                f"eps must broadcast to x0's shape {x0.shape}, got shape {e.shape}."
-            ) from err
-    return x0, jnp.broadcast_to(eps_arr, x0.shape)
+    eps = jnp.asarray(eps, dtype=x0.dtype)
+    require("eps", eps, lambda e: np.isfinite(e) & (e >= 0), "finite and >= 0")
+    try:
+        return x0, jnp.broadcast_to(eps, x0.shape)
+    except ValueError as err:
+        raise ValueError(
+            f"eps must broadcast to x0's shape {x0.shape}, got shape {eps.shape}."
+        ) from err
 
 
 def _flat_fn(fn: Callable, x0):
@@ -131,7 +138,7 @@ def _flat_fn(fn: Callable, x0):
 
 def jacobian_norm(jac, norm: str = "inf"):
     """‖J‖_{p→p} of a matrix [m, n]: max row ℓ1 ("inf"), max column ℓ1 ("1"), spectral ("2")."""
-    norm = _check_norm(norm)
+    norm = _norm_name(norm)
     if norm == "inf":
         return jnp.max(jnp.sum(jnp.abs(jac), axis=1))
     if norm == "1":
@@ -154,7 +161,7 @@ def jacobian_interval(fn: Callable, x0, eps, *, mode: str = "both"):
 
     if mode not in ("rev", "fwd", "both"):
         raise ValueError(f"mode must be 'rev', 'fwd' or 'both', got {mode!r}.")
-    x0, eps = _check_box(x0, eps)
+    x0, eps = _as_box(x0, eps)
     flat = _flat_fn(fn, x0)
     lo_x, hi_x = jnp.ravel(x0 - eps), jnp.ravel(x0 + eps)
     boxes = []
@@ -198,46 +205,39 @@ def _hashable(fn) -> bool:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ReluMLP:
-    """f(x) = W_L relu(⋯relu(W_0 x + b_0)⋯) + b_L, weights ``[fan_out, fan_in]`` (use
-    :meth:`from_flax_kernels` for Flax ``[in, out]`` kernels). Callable on ``x`` [..., n_in],
-    so it is also an ordinary JAX function for the interval method and the lower bound."""
+    """f(x) = relu(⋯relu(x @ K_0 + b_0)⋯) @ K_L + b_L for Flax kernels K_k ``[in, out]``
+    (``layout="flax"``, the default), or f(x) = W_L relu(⋯relu(W_0 x + b_0)⋯) + b_L for
+    ``[out, in]`` matrices with ``layout="torch"``. ``biases=None`` means zero biases.
+    Callable on ``x`` [..., n_in], so it is also an ordinary JAX function for the interval
+    method and the lower bound. ``matrices`` holds the W_k ``[out, in]`` (y = W_k x)."""
 
     weights: tuple
-    biases: tuple
+    biases: tuple | None = None
+    layout: str = "flax"
 
     def __post_init__(self):
-        ws = tuple(jnp.asarray(w) for w in self.weights)
-        if not ws:
-            raise ValueError("ReluMLP needs at least one weight matrix.")
-        bs = (
-            tuple(jnp.zeros(w.shape[0], w.dtype) for w in ws)
-            if self.biases is None else tuple(jnp.asarray(b) for b in self.biases)
-        )
-        if len(bs) != len(ws):
-            raise ValueError(f"biases must have one entry per layer ({len(ws)}), got {len(bs)}.")
-        for k, (w, b) in enumerate(zip(ws, bs)):
-            if w.ndim != 2 or b.shape != (w.shape[0],):
+        ws = tuple(jnp.asarray(w) for w in check_sequence("weights", self.weights))
+        mats = tuple(layer_matrices(ws, self.layout))  # [out, in]
+        if self.biases is None:
+            bs = tuple(jnp.zeros(m.shape[0], m.dtype) for m in mats)
+        else:
+            biases = check_sequence("biases", self.biases, length=len(ws), per="layer")
+            bs = tuple(jnp.asarray(b) for b in biases)
+        for k, (m, b) in enumerate(zip(mats, bs)):
+            if b.shape != (m.shape[0],):
                 raise ValueError(
-                    f"layer {k}: weight must be [fan_out, fan_in] and bias [fan_out], got "
-                    f"{w.shape} and {b.shape}."
-                )
-            if k and w.shape[1] != ws[k - 1].shape[0]:
-                raise ValueError(
-                    f"weights[{k}] has fan_in {w.shape[1]} but weights[{k - 1}] has fan_out "
-                    f"{ws[k - 1].shape[0]}."
+                    f"biases[{k}] must have shape ({m.shape[0]},) (the fan_out of weights[{k}] "
+                    f"{tuple(ws[k].shape)}, layout={self.layout!r}), got {b.shape}."
                 )
         object.__setattr__(self, "weights", ws)
         object.__setattr__(self, "biases", bs)
-
-    @classmethod
-    def from_flax_kernels(cls, kernels: Sequence, biases: Sequence | None = None) -> ReluMLP:
-        return cls(tuple(jnp.asarray(k).T for k in kernels), None if biases is None else biases)
+        object.__setattr__(self, "matrices", mats)
 
     def __call__(self, x):
         h = x
-        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+        for k, (w, b) in enumerate(zip(self.matrices, self.biases)):
             h = h @ w.T + b
-            if k < len(self.weights) - 1:
+            if k < len(self.matrices) - 1:
                 h = jax.nn.relu(h)
         return h
 
@@ -353,8 +353,8 @@ def local_lipschitz_upper(fn: Callable, x0, eps, *, norm: str = "inf", method: s
 
     Returns a scalar of x0's dtype; in float64 (``jax.enable_x64``) for a certificate.
     """
-    norm = _check_norm(norm)
-    x0, eps_b = _check_box(x0, eps)
+    norm = _norm_name(norm)
+    x0, eps_b = _as_box(x0, eps)
     if method is None:
         method = "linear" if isinstance(fn, ReluMLP) and norm != "2" else "interval"
     if method not in ("interval", "linear"):
@@ -371,7 +371,7 @@ def local_lipschitz_upper(fn: Callable, x0, eps, *, norm: str = "inf", method: s
         raise ValueError("method='linear' bounds the 'inf' and '1' norms; use 'interval' for '2'.")
     if x0.ndim != 1:
         raise ValueError(f"a ReluMLP takes x0 of shape [n_in], got {x0.shape}.")
-    linear = _linear_upper_mlp(fn.weights, fn.biases, x0, eps_b, norm=norm)
+    linear = _linear_upper_mlp(fn.matrices, fn.biases, x0, eps_b, norm=norm)
     return jnp.minimum(linear, interval)
 
 
@@ -431,8 +431,8 @@ def local_lipschitz_lower(
     fn: Callable,
     x0,
     eps,
-    key,
     *,
+    key,
     norm: str = "inf",
     num_samples: int = 512,
     num_starts: int = 8,
@@ -444,19 +444,14 @@ def local_lipschitz_lower(
     vertices) and ``num_steps`` of projected sign-gradient ascent from the ``num_starts``
     best (random sign steps where the gradient vanishes). With ``return_point=True`` returns
     ``(value, x)`` with x the point that attains it."""
-    norm = _check_norm(norm)
-    x0, eps_b = _check_box(x0, eps)
-    for name, value in (("num_samples", num_samples), ("num_starts", num_starts),
-                        ("num_steps", num_steps)):
-        if not isinstance(value, int | np.integer) or value < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {value!r}.")
-    if not isinstance(key, jax.Array) or not (
-        jnp.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
-    ):
-        raise TypeError(f"key must be a jax.random key, got {type(key).__name__}.")
+    norm = _norm_name(norm)
+    x0, eps_b = _as_box(x0, eps)
+    key = check_key("key", key)
     static = dict(
-        fn=fn, shape=x0.shape, norm=norm, num_samples=int(num_samples),
-        num_starts=int(num_starts), num_steps=int(num_steps),
+        fn=fn, shape=x0.shape, norm=norm,
+        num_samples=check_int("num_samples", num_samples, minimum=0),
+        num_starts=check_int("num_starts", num_starts, minimum=0),
+        num_steps=check_int("num_steps", num_steps, minimum=0),
     )
     if _hashable(fn):
         best_v, best_x = _search(key, jnp.ravel(x0), jnp.ravel(eps_b), **static)
@@ -468,17 +463,13 @@ def local_lipschitz_lower(
     return best_v
 
 
-def naive_lipschitz_bound(weights: Sequence, *, norm: str = "inf", kernel_layout: str = "out_in"):
+def naive_lipschitz_bound(weights: Sequence, *, norm: str = "inf", layout: str = "flax"):
     """Π_k ‖W_k‖_{p→p}: the global Lipschitz bound of a network with 1-Lipschitz elementwise
-    activations (weights ``[fan_out, fan_in]``, or ``[in, out]`` with
-    ``kernel_layout="in_out"``). For ``"2"`` the spectral norms come from an SVD."""
-    norm = _check_norm(norm)
-    if kernel_layout not in ("out_in", "in_out"):
-        raise ValueError(f"kernel_layout must be 'out_in' or 'in_out', got {kernel_layout!r}.")
-    if isinstance(weights, jax.Array | np.ndarray) or not weights:
-        raise TypeError("weights must be a non-empty list of 2-D arrays.")
+    activations. ``weights``: Flax kernels ``[in, out]`` (``layout="flax"``, the default) or
+    ``[out, in]`` matrices (``layout="torch"``). For ``"2"`` each factor is a certified upper
+    bound on σ_max (a float64 SVD with an outward margin)."""
+    norm = _norm_name(norm)
     total = 1.0
-    for w in weights:
-        w = jnp.asarray(w)
-        total = total * jacobian_norm(w.T if kernel_layout == "in_out" else w, norm)
+    for w in layer_matrices([jnp.asarray(w) for w in check_sequence("weights", weights)], layout):
+        total = total * (spectral_norm_upper(w) if norm == "2" else jacobian_norm(w, norm))
     return total

@@ -44,6 +44,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxbounds._checks import check_array, check_callable, check_number, check_sequence
 from jaxbounds.verify.ibp import interval_bounds
 
 __all__ = ["clipped_radius", "ibp_tightness", "layer_tightness", "margin_spec"]
@@ -66,13 +67,13 @@ def margin_spec(y, num_classes: int):
     return rows[keep]
 
 
-def _check(x, eps, domain):
-    if not isinstance(eps, (int, float)) or eps <= 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}.")
+def _input_radius(x, eps, domain):
+    """:func:`clipped_radius` of a batch ``x``, after checking the arguments."""
+    check_number("eps", eps, low=0, low_open=True)
     if len(domain) != 2 or not domain[0] < domain[1]:
         raise ValueError(f"domain must be (lo, hi) with lo < hi, got {domain!r}.")
-    if jnp.ndim(x) < 1:
-        raise ValueError(f"x must be a batch [batch, ...], got shape {jnp.shape(x)}.")
+    x = check_array("x", jnp.asarray(x), min_ndim=1)
+    return clipped_radius(x, eps, domain)
 
 
 def _tangent_radius(fn, x0, radius):
@@ -107,12 +108,9 @@ def ibp_tightness(features: Callable, head_weight, x, y, eps: float, *,
     Returns:
       ``[batch, classes - 1]`` (margin specification) or ``[batch, classes]`` (``y=None``).
     """
-    _check(x, eps, domain)
-    head_weight = jnp.asarray(head_weight)
-    if head_weight.ndim != 2:
-        raise ValueError(f"head_weight must be [d, classes], got shape {head_weight.shape}.")
+    radius = _input_radius(x, eps, domain)
+    head_weight = check_array("head_weight", jnp.asarray(head_weight), ndim=2)
     classes = head_weight.shape[1]
-    radius = clipped_radius(x, eps, domain)
 
     def per_example(x0, r0, y0):
         spec = jnp.eye(classes) if y is None else margin_spec(y0, classes)
@@ -128,10 +126,10 @@ def layer_tightness(stages: Sequence[Callable], x, eps: float, *, domain=(0.0, 1
     ``stages[k]`` maps the previous stage's output to the pre-activation of layer ``k``
     (apply the previous ReLU inside it). Returns ``[batch, len(stages)]``.
     """
-    _check(x, eps, domain)
-    if not stages:
-        raise ValueError("stages must be a non-empty sequence of functions, got [].")
-    radius = clipped_radius(x, eps, domain)
+    radius = _input_radius(x, eps, domain)
+    stages = check_sequence("stages", stages, nonempty=True)
+    for k, stage in enumerate(stages):
+        check_callable(f"stages[{k}]", stage)
 
     def composite(k):
         def fn(v):
