@@ -264,11 +264,20 @@ def test_delta_shapes_are_checked():
         dora_delta(base, base, np.ones(2, np.float32), 1.0)
 
 
-@pytest.mark.parametrize("alpha, rank, match", [(1.0, 0, "rank"), (1.0, 2.5, "rank"),
-                                                 (0.0, 4, "alpha"), ("1", 4, "alpha")])
-def test_lora_scale_validates(alpha, rank, match):
-    with pytest.raises(ValueError, match=match):
+@pytest.mark.parametrize("alpha, rank, error, match", [
+    (1.0, 0, ValueError, "rank"), (1.0, 2.5, TypeError, "rank"),
+    (0.0, 4, ValueError, "alpha"), ("1", 4, TypeError, "alpha")])
+def test_lora_scale_validates(alpha, rank, error, match):
+    with pytest.raises(error, match=match):
         lora_scale(alpha, rank)
+
+
+def test_negative_magnitude_is_rejected():
+    x, w0, a, b, m = random_problem(19)
+    m = np.asarray(m).copy()
+    m[1] = -0.5
+    with pytest.raises(ValueError, match="magnitude must be non-negative"):
+        dora_linear(x, w0, a, b, m, SCALE)
 
 
 def test_lora_scale_values():

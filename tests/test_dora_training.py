@@ -279,3 +279,44 @@ def test_freeze_base_accepts_chains(base_params):
     tx = freeze_base(optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3)), params)
     assert isinstance(tx, optax.GradientTransformation)
     tx.init(params)
+
+
+# --- label functions: built before the params exist, linen dicts and NNX state ------------
+
+
+def test_freeze_base_without_params_uses_a_label_function(base_params, data):
+    """freeze_base(tx) with no params gives the same updates as freeze_base(tx, params)."""
+    params = _convert(base_params, include="Dense_[01]")
+    eager = freeze_base(optax.adamw(1e-2, weight_decay=0.1), params)
+    lazy = freeze_base(optax.adamw(1e-2, weight_decay=0.1))
+    grads = jax.tree.map(lambda p: jnp.ones_like(p), params)
+    u1, _ = eager.update(grads, eager.init(params), params)
+    u2, _ = lazy.update(grads, lazy.init(params), params)
+    for (path, a), b in zip(_flat(u1).items(), _flat(u2).values(), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert bool(np.any(np.asarray(a) != 0)) == _is_adapter(path), path
+
+
+def test_adapter_labels_and_freeze_base_on_nnx_state():
+    """NNX state paths end in the Variable's ``.value``: the name before it is the label."""
+    from flax import nnx
+
+    class Adapted(nnx.Module):
+        def __init__(self, rngs):
+            self.base = nnx.Linear(4, 3, rngs=rngs)
+            self.lora_a = nnx.Param(jnp.ones((4, 2)))
+            self.lora_b = nnx.Param(jnp.ones((2, 3)))
+            self.magnitude = nnx.Param(jnp.ones(3))
+
+    state = nnx.state(Adapted(nnx.Rngs(0)), nnx.Param)
+    names = {jax.tree_util.keystr(p): v
+             for p, v in jax.tree_util.tree_leaves_with_path(adapter_labels(state))}
+    assert names == {"['base']['bias'].value": "frozen", "['base']['kernel'].value": "frozen",
+                     "['lora_a'].value": "adapter", "['lora_b'].value": "adapter",
+                     "['magnitude'].value": "adapter"}
+    tx = freeze_base(optax.sgd(0.5))
+    grads = jax.tree.map(jnp.ones_like, state)
+    updates, _ = tx.update(grads, tx.init(state), state)
+    moved = {jax.tree_util.keystr(p): bool(np.any(np.asarray(u) != 0))
+             for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+    assert moved == {k: v == "adapter" for k, v in names.items()}

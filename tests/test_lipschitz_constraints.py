@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxbounds import _linalg
 from jaxbounds.lipschitz import constraints as C
 
 SHAPES = [(64, 64), (96, 40), (40, 96), (3, 48, 32)]
@@ -55,13 +56,18 @@ def test_hard_cap_meets_tolerance(shape, kind):
 
 def test_hard_cap_rms_norm_and_jit():
     w_max = 1.0
-    shape = (96, 40)  # fan_out 96, fan_in 40: σ bound = w_max·√(96/40)
+    shape = (96, 40)  # torch layout: fan_out 96, fan_in 40: σ bound = w_max·√(96/40)
     w, s = known_spectrum(3, shape, spectrum(40, 2.0, "linear"))
-    out = jax.jit(lambda w: C.spectral_hard_cap(w, w_max, norm="rms"))(w)
+    out = jax.jit(lambda w: C.spectral_hard_cap(w, w_max, norm="rms", layout="torch"))(w)
     rms = np.sqrt(40 / 96) * svals(out).max()
     assert w_max * (1 - 1e-3) <= rms <= w_max * (1 + 1e-3)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(C.svd_clip(w, w_max, norm="rms")),
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        np.asarray(out), np.asarray(C.svd_clip(w, w_max, norm="rms", layout="torch")),
+        atol=1e-3)
+    # the same weights as a Flax kernel [in=96, out=40]: σ bound = w_max·√(40/96)
+    flax_out = C.spectral_hard_cap(w, w_max, norm="rms")
+    rms = np.sqrt(96 / 40) * svals(flax_out).max()
+    assert w_max * (1 - 1e-3) <= rms <= w_max * (1 + 1e-3)
 
 
 def test_hard_cap_paper_coefficients_overshoot():
@@ -133,23 +139,58 @@ def test_spectral_weight_decay_shrinks_only_top():
 
 def test_power_iteration_converges_and_warm_starts():
     w = jax.random.normal(jax.random.key(4), (3, 50, 30))
-    sigma, u, v = C.power_iteration(w, key=jax.random.key(5), num_iters=300)
-    exact = np.asarray(jnp.linalg.norm(w, 2, axis=(-2, -1)))
-    np.testing.assert_allclose(np.asarray(sigma), exact, rtol=1e-4)
-    assert np.all(np.asarray(sigma) <= exact * (1 + 1e-5))  # approaches from below
-    assert u.shape == (3, 50) and v.shape == (3, 30)
+    exact = svals(w)[..., 0]
+    for key in (jax.random.key(5), None):  # Gaussian and deterministic starts
+        sigma, v = _linalg.power_iteration(w, key=key, num_iters=300)
+        np.testing.assert_allclose(np.asarray(sigma), exact, rtol=1e-4)
+        assert np.all(np.asarray(sigma) <= exact * (1 + 1e-5))  # approaches from below
+    assert v.shape == (3, 30)
+    _, _, vt = np.linalg.svd(np.asarray(w, np.float64))
+    np.testing.assert_allclose(np.abs(np.einsum("bi,bi->b", v, vt[:, 0])), 1.0, atol=1e-3)
     # warm start from the converged vector: one iteration is already exact
-    sigma1, _, _ = C.power_iteration(w, num_iters=1, u0=u)
+    sigma1, _ = _linalg.power_iteration(w, num_iters=1, v0=v)
     np.testing.assert_allclose(np.asarray(sigma1), exact, rtol=1e-5)
+    assert float(_linalg.power_iteration(jnp.zeros((3, 4)), num_iters=2)[0]) == 0.0
+
+
+def test_spectral_norm_upper_and_rms_operator_norm():
+    w = jax.random.normal(jax.random.key(8), (2, 30, 12))
+    exact = svals(w)[..., 0]
+    upper = _linalg.spectral_norm_upper(w)
+    assert upper.dtype == np.float64
+    assert np.all(upper >= exact) and np.all(upper <= exact * (1 + 2e-10))
+    with jax.enable_x64(True):  # traced float64 gives the same bound
+        traced = jax.jit(_linalg.spectral_norm_upper)(jnp.asarray(w, jnp.float64))
+        np.testing.assert_allclose(np.asarray(traced), upper, rtol=1e-14)
+    with pytest.raises(ValueError, match="float64"):
+        jax.jit(_linalg.spectral_norm_upper)(w)
+    # [in=30, out=12] in the Flax layout; the same array read as torch [out=30, in=12]
+    np.testing.assert_allclose(_linalg.rms_operator_norm(w), np.sqrt(30 / 12) * exact,
+                               rtol=1e-9)
+    np.testing.assert_allclose(_linalg.rms_operator_norm(w, layout="torch"),
+                               np.sqrt(12 / 30) * exact, rtol=1e-9)
+    np.testing.assert_allclose(_linalg.rms_operator_norm(jnp.swapaxes(w, -1, -2),
+                                                         layout="torch"),
+                               _linalg.rms_operator_norm(w), rtol=1e-12)
+    with pytest.raises(ValueError, match="layout"):
+        _linalg.rms_operator_norm(w, layout="out_in")
 
 
 @pytest.mark.parametrize("norm", ["spectral", "rms"])
 def test_soft_cap_matches_svd(norm):
-    w = jax.random.normal(jax.random.key(6), (2, 40, 24)) * 0.3
+    w = jax.random.normal(jax.random.key(6), (2, 40, 24)) * 0.3  # torch: fan_out 40, fan_in 24
     for alpha in (0.0, 0.05, 0.2):
         np.testing.assert_allclose(
-            np.asarray(C.spectral_soft_cap(w, alpha, norm=norm)),
-            np.asarray(C.spectral_soft_cap_svd(w, alpha, norm=norm)), atol=1e-4)
+            np.asarray(C.spectral_soft_cap(w, alpha, norm=norm, layout="torch")),
+            np.asarray(C.spectral_soft_cap_svd(w, alpha, norm=norm, layout="torch")),
+            atol=1e-4)
+    # numpy reference in the Flax layout [in, out]: t = α·(fan_in/fan_out)·σ²
+    wf = np.asarray(jnp.swapaxes(w, -1, -2), np.float64)  # [2, 24, 40], fan_in 24
+    u, s, vt = np.linalg.svd(wf, full_matrices=False)
+    t = 0.2 * (1.0 if norm == "spectral" else 24 / 40) * s**2
+    ref = (u * (s * (1 - 3 * t**2 + 3 * t**3 - t**4))[..., None, :]) @ vt
+    np.testing.assert_allclose(np.asarray(C.spectral_soft_cap(wf.astype(np.float32), 0.2,
+                                                              norm=norm)), ref, atol=1e-4)
 
 
 def test_soft_cap_alpha_root():
@@ -226,16 +267,8 @@ def test_traced_bad_w_max_gives_nan():
 
 @pytest.mark.parametrize("name", sorted(C.CONSTRAINTS))
 def test_one_d_weight_rejected(name):
-    fn = C.get_constraint(name)
     with pytest.raises(ValueError, match="ndim"):
-        if "weight_decay" in name:
-            fn(jnp.ones(5), 0.1, **({"key": jax.random.key(0)} if "svd" not in name else {}))
-        elif "soft_cap" in name:
-            fn(jnp.ones(5), 0.1)
-        elif "svd" in name or "cap" in name:
-            fn(jnp.ones(5), 1.0)
-        else:
-            fn(jnp.ones(5), 1.0, key=jax.random.key(0))
+        C.get_constraint(name)(jnp.ones(5), 0.1, key=jax.random.key(0))
 
 
 def test_other_bad_inputs():
@@ -250,10 +283,14 @@ def test_other_bad_inputs():
         C.spectral_weight_decay(w, 1.5, key=jax.random.key(0))
     with pytest.raises(ValueError, match="alpha"):
         C.spectral_soft_cap(w, -0.1)
-    with pytest.raises(ValueError, match="key"):
-        C.power_iteration(w)
     with pytest.raises(ValueError, match="num_iters"):
-        C.power_iteration(w, key=jax.random.key(0), num_iters=0)
+        _linalg.power_iteration(w, key=jax.random.key(0), num_iters=0)
+    with pytest.raises(ValueError, match="num_iters"):
+        C.spectral_normalize(w, 1.0, num_iters=0)
+    with pytest.raises(ValueError, match="layout"):
+        C.svd_clip(w, 1.0, layout="out_in")
+    with pytest.raises(TypeError, match="paper_coefficients"):
+        C.spectral_hard_cap(w, 1.0, paper_coefficients=1)
     with pytest.raises(ValueError, match="w_max"):
         C.soft_cap_alpha(0.0, 0.0, 0.1, 1.0)
     assert C.get_constraint("hard_cap") is C.spectral_hard_cap
@@ -269,3 +306,57 @@ def test_msign_and_hard_cap_on_tiny_zero_and_at_cap_matrices():
     capped = C.spectral_hard_cap(q, 1.0)
     assert np.all(np.isfinite(np.asarray(capped)))
     np.testing.assert_allclose(jnp.linalg.svd(capped, compute_uv=False), 1.0, atol=1e-3)
+
+
+ALL = {
+    "spectral_normalize": 1.3, "spectral_hammer": 1.3, "spectral_weight_decay": 0.2,
+    "spectral_soft_cap": 0.05, "spectral_hard_cap": 1.3, "svd_clip": 1.3,
+    "spectral_normalize_svd": 1.3, "spectral_hammer_svd": 1.3,
+    "spectral_weight_decay_svd": 0.2, "spectral_soft_cap_svd": 0.05,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("shape", [(24, 40), (32, 32), (2, 40, 24)])
+@pytest.mark.parametrize("norm", ["spectral", "rms"])
+def test_flax_and_torch_layouts_give_transposed_results(name, shape, norm):
+    """One signature for every constraint; W in the Flax layout and Wᵀ in the torch layout
+    are the same map, so the results are transposes of each other."""
+    fn = C.get_constraint(name)
+    w = 2.0 * jax.random.normal(jax.random.key(9), shape) / np.sqrt(shape[-1])
+    key = jax.random.key(10)
+    flax_out = fn(w, ALL[name], key=key, norm=norm)
+    torch_out = fn(jnp.swapaxes(w, -1, -2), ALL[name], key=key, layout="torch", norm=norm)
+    assert flax_out.shape == w.shape
+    np.testing.assert_allclose(np.asarray(flax_out),
+                               np.asarray(jnp.swapaxes(torch_out, -1, -2)), atol=1e-5)
+
+
+def test_layout_decides_the_rms_bound_of_a_non_square_kernel():
+    """svd_clip with norm="rms" against a NumPy SVD: fan_in/fan_out read from the layout."""
+    w = 3.0 * jax.random.normal(jax.random.key(11), (24, 40)) / np.sqrt(24)
+    s = svals(w)
+    flax_out = svals(C.svd_clip(w, 1.0, norm="rms"))  # [in=24, out=40]
+    torch_out = svals(C.svd_clip(w, 1.0, norm="rms", layout="torch"))  # [out=24, in=40]
+    np.testing.assert_allclose(flax_out, np.minimum(s, np.sqrt(40 / 24)), rtol=1e-5)
+    np.testing.assert_allclose(torch_out, np.minimum(s, np.sqrt(24 / 40)), rtol=1e-5)
+    for fn in (C.spectral_hammer, C.spectral_hammer_svd):  # top σ set to the RMS bound
+        top = svals(fn(w, 1.0, norm="rms", num_iters=300) if fn is C.spectral_hammer
+                    else fn(w, 1.0, norm="rms"))[0]
+        np.testing.assert_allclose(top, max(np.sqrt(40 / 24), s[1]), rtol=1e-4)
+    normalized = svals(C.spectral_normalize(w, 1.0, norm="rms", num_iters=300))
+    np.testing.assert_allclose(normalized, s * np.sqrt(40 / 24) / s[0], rtol=1e-4)
+    np.testing.assert_allclose(C.rms_to_spectral((24, 40), 1.0), np.sqrt(40 / 24))
+    np.testing.assert_allclose(C.rms_to_spectral((24, 40), 1.0, layout="torch"),
+                               np.sqrt(24 / 40))
+
+
+def test_warm_start_vector_is_a_right_vector_of_the_map():
+    """return_vector gives v [..., fan_in] of the map x -> x @ W (Flax: W's first axis)."""
+    w = jax.random.normal(jax.random.key(12), (3, 20, 36))  # [.., in=20, out=36]
+    out, v = C.spectral_normalize(w, 0.5, num_iters=200, return_vector=True)
+    assert v.shape == (3, 20)
+    u, _, _ = np.linalg.svd(np.asarray(w, np.float64))  # W = U S Vt: x @ W's top input dir
+    np.testing.assert_allclose(np.abs(np.einsum("bi,bi->b", v, u[..., 0])), 1.0, atol=1e-3)
+    out1 = C.spectral_normalize(w, 0.5, num_iters=1, v0=v)
+    np.testing.assert_allclose(np.asarray(out1), np.asarray(out), atol=1e-5)

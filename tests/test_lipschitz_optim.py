@@ -169,9 +169,9 @@ def test_grouped_projection_equals_per_leaf():
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
-def test_fan_out_fan_in_layout():
+def test_torch_layout():
     w = {"w": jax.random.normal(jax.random.key(0), (40, 24))}  # [fan_out, fan_in]
-    out = project_params(w, "svd_clip", 1.0, layout="fan_out_fan_in", norm="rms")
+    out = project_params(w, "svd_clip", 1.0, layout="torch", norm="rms")
     sigma = np.linalg.svd(np.asarray(out["w"]), compute_uv=False)[0]
     np.testing.assert_allclose(np.sqrt(24 / 40) * sigma, 1.0, rtol=1e-5)
 
@@ -203,12 +203,14 @@ def test_bad_inputs():
         lipschitz_projection("spectral_hard_cap", -2.0)
     with pytest.raises(ValueError, match="unknown constraint name"):
         lipschitz_projection("spectral_clamp", 1.0)
-    with pytest.raises(ValueError, match="key"):
-        lipschitz_projection("spectral_normalize", 1.0)
-    with pytest.raises(ValueError, match="learning_rate"):
+    with pytest.raises(TypeError, match="learning_rate"):
         lipschitz_projection("spectral_soft_cap", 1.0)
+    with pytest.raises(TypeError, match="num_step"):
+        lipschitz_projection("spectral_hard_cap", 1.0, num_step=3)  # a misspelt option
+    with pytest.raises(ValueError, match="norm"):
+        lipschitz_projection("svd_clip", 1.0, norm="frobenius")
     with pytest.raises(ValueError, match="layout"):
-        lipschitz_projection("svd_clip", 1.0, layout="torch")
+        lipschitz_projection("svd_clip", 1.0, layout="fan_out_fan_in")
     bias_label = jax.tree.map(lambda x: x.ndim == 1, params)
     tx = lipschitz_projection("svd_clip", 1.0, labels=bias_label)
     with pytest.raises(ValueError, match="ndim"):
@@ -216,3 +218,44 @@ def test_bad_inputs():
     tx = lipschitz_projection("svd_clip", 1.0, labels=lambda p: {"params": -1.0})
     with pytest.raises(ValueError, match="labels"):
         tx.init(params)
+
+
+def test_default_labels_and_projection_on_nnx_state():
+    """Leaf names are read through the ``.value`` of NNX state paths: the kernels (and not
+    the embedding or the biases) are projected, checked against a NumPy SVD."""
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.embed = nnx.Embed(7, 12, rngs=rngs)
+            self.fc = nnx.Linear(12, 20, rngs=rngs)
+            self.out = nnx.Linear(20, 5, rngs=rngs)
+
+    state = nnx.state(Net(nnx.Rngs(0)), nnx.Param)
+    state = jax.tree.map(lambda x: 4.0 * x + 0.1, state)
+    labels = {jax.tree_util.keystr(p): v
+              for p, v in jax.tree_util.tree_leaves_with_path(default_labels(state))}
+    assert labels == {"['embed']['embedding'].value": False, "['fc']['bias'].value": False,
+                      "['fc']['kernel'].value": True, "['out']['bias'].value": False,
+                      "['out']['kernel'].value": True}
+    projected = project_params(state, "svd_clip", 1.0, norm="rms")
+    for name in ("fc", "out"):
+        kernel = np.asarray(state[name]["kernel"][...], np.float64)  # [in, out]
+        got = np.asarray(projected[name]["kernel"][...], np.float64)
+        u, s, vt = np.linalg.svd(kernel, full_matrices=False)
+        cap = np.sqrt(kernel.shape[1] / kernel.shape[0])  # σ bound of RMS→RMS norm 1
+        np.testing.assert_allclose(got, (u * np.minimum(s, cap)) @ vt, atol=1e-5)
+    for name, leaf in (("embed", "embedding"), ("fc", "bias")):
+        np.testing.assert_array_equal(np.asarray(projected[name][leaf][...]),
+                                      np.asarray(state[name][leaf][...]))
+
+
+def test_weight_decay_projection_uses_w_max_as_strength():
+    """For spectral_weight_decay the per-leaf value is the strength λ: σ_max ← (1 − λ)σ_max."""
+    w = jax.random.normal(jax.random.key(3), (30, 20))
+    s = np.linalg.svd(np.asarray(w, np.float64), compute_uv=False)
+    out = project_params({"w": w}, "spectral_weight_decay", 0.25, num_iters=300)
+    got = np.linalg.svd(np.asarray(out["w"], np.float64), compute_uv=False)
+    np.testing.assert_allclose(got, np.sort(np.r_[0.75 * s[0], s[1:]])[::-1], rtol=1e-3)
+    with pytest.raises(ValueError, match="strength"):
+        lipschitz_projection("spectral_weight_decay", 1.5)

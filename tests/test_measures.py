@@ -301,25 +301,27 @@ def _linear_params(scale=1.0, dim=50):
 def test_flatness_bisection_hits_the_target_drop():
     x, y = _blobs()
     params = _linear_params()
-    found = jax.jit(lambda p, k: M.pac_bayes_sigma(p, _linear, x, y, k))(
+    found = jax.jit(lambda p, k: M.pac_bayes_sigma(p, _linear, x, y, key=k))(
         params, jax.random.PRNGKey(0))
     assert bool(found["converged"])
     assert abs(float(found["drop"]) - 0.1) < 0.01
     assert 0 < float(found["sigma"]) < 2
     # Re-measure the drop at the returned σ with fresh, many more draws: 0.1 up to MC error.
     base = float(M._accuracy(_linear(params, x), y))
-    acc = M.perturbed_accuracy(params, _linear, x, y, jax.random.PRNGKey(7),
-                               found["sigma"], num_samples=200)
+    acc = M.perturbed_accuracy(params, _linear, x, y, found["sigma"],
+                               key=jax.random.PRNGKey(7), num_samples=200)
     assert abs(abs(float(acc) - base) - 0.1) < 0.02
     # The magnitude-aware search too (noise std √(σ²w² + ε²)).
-    mag = M.pac_bayes_sigma(params, _linear, x, y, jax.random.PRNGKey(1), magnitude_eps=1e-3)
+    mag = M.pac_bayes_sigma(params, _linear, x, y, key=jax.random.PRNGKey(1),
+                            magnitude_eps=1e-3)
     assert bool(mag["converged"]) and abs(float(mag["drop"]) - 0.1) < 0.01
 
 
 def test_flatness_bisection_runs_to_the_bracket_end_for_a_flat_net():
     x, y = _blobs()
     params = _linear_params(scale=1e3)
-    found = M.pac_bayes_sigma(params, _linear, x, y, jax.random.PRNGKey(0), search_depth=15)
+    found = M.pac_bayes_sigma(params, _linear, x, y, key=jax.random.PRNGKey(0),
+                              search_depth=15)
     assert not bool(found["converged"]) and int(found["iterations"]) == 15
     np.testing.assert_allclose(float(found["sigma"]), 2.0 - 2.0**-14, rtol=1e-6)
     assert float(found["drop"]) < 0.09

@@ -243,8 +243,8 @@ def test_nan_input_gives_nan():
 
 @pytest.mark.parametrize("fn", [matrix_nuclear_norm, matrix_entropy, normalize_hidden])
 @pytest.mark.parametrize("bad,error,match", [
-    (np.ones(5), ValueError, r"hidden must be a 2-D.*\(5,\)"),
-    (np.ones((2, 3, 4)), ValueError, r"hidden must be a 2-D.*\(2, 3, 4\)"),
+    (np.ones(5), ValueError, r"hidden must have rank 2.*\(5,\)"),
+    (np.ones((2, 3, 4)), ValueError, r"hidden must have rank 2.*\(2, 3, 4\)"),
     (np.ones((1, 4)), ValueError, r"N, the number of tokens.*≥ 2"),
     (np.ones((4, 0)), ValueError, r"D, the number of features.*≥ 1"),
     (np.ones((4, 3), np.int32), TypeError, r"hidden.*floating.*int32"),

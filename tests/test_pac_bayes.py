@@ -3,6 +3,7 @@ by simulation, monotonicity, jit/vmap/dtypes, gradients and the bad-input policy
 
 import math
 import re
+import zlib
 from decimal import Decimal, localcontext
 
 import jax
@@ -20,10 +21,9 @@ BRENTQ_TOL = 4e-15
 
 
 @pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
+def rng(request):
+    """A fixed seed per test (derived from its name), so every run draws the same inputs."""
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def kl_np(q, p):
@@ -409,7 +409,7 @@ def test_checked_pac_bayes_kl_occam_form():
     assert float(got) == pytest.approx(float(pb.occam_kl_bound(0.1, 100, 0.05, 3.0)), rel=1e-6)
     with pytest.raises(checkify.JaxRuntimeError, match="kl must be"):
         pb.checked_pac_bayes_kl_bound(0.1, 100, 0.05, -3.0, occam=True)
-    with pytest.raises(TypeError, match="occam must be a Python bool"):
+    with pytest.raises(TypeError, match="occam must be a bool"):
         pb.pac_bayes_kl_bound(0.1, 100, 0.05, 3.0, occam=jnp.array(True))
 
 

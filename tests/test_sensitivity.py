@@ -2,6 +2,8 @@
 independent HiGHS LP), soundness by sampling the true ratios, unbiasedness of sampling,
 jit/vmap, sample-size formulas and the bad-input policy."""
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,10 +24,9 @@ def x64():
 
 
 @pytest.fixture
-def rng():
-    seed = np.random.SeedSequence().entropy
-    print(f"seed = {seed}")
-    return np.random.default_rng(seed)
+def rng(request):
+    """A fixed seed per test (derived from its name), so every run draws the same inputs."""
+    return np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def heavy_matrix(rng, n=200, d=10):
@@ -294,13 +295,13 @@ def test_bad_input_raises_with_the_argument_named():
         sens.lewis_weights(A, 0.0)
     with pytest.raises(ValueError, match="p must be >= 1"):
         sens.lp_sensitivities(A, 0.5)
-    with pytest.raises(ValueError, match="p must be > 0 and <= 2"):
+    with pytest.raises(ValueError, match="p must be <= 2"):
         sens.root_leverage_bound(A, 3.0)
     with pytest.raises(TypeError, match="p must be a static Python number"):
         jax.jit(lambda p: sens.lewis_weights(A, p))(1.0)
-    with pytest.raises(TypeError, match="A must be a floating-point array.*int"):
+    with pytest.raises(TypeError, match="A must have a floating dtype.*int"):
         sens.leverage_scores(np.ones((5, 2), dtype=np.int32))
-    with pytest.raises(ValueError, match=r"A must be a 2-D array.*\(5,\)"):
+    with pytest.raises(ValueError, match=r"A must have rank 2.*\(5,\)"):
         sens.leverage_scores(np.ones(5))
     with pytest.raises(ValueError, match="A must be finite"):
         sens.leverage_scores(np.full((5, 2), np.nan))

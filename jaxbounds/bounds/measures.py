@@ -112,9 +112,15 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.experimental import checkify
 
-from jaxbounds._checks import is_traced, nan_unless, require
+from jaxbounds._checks import (
+    check_callable,
+    check_int,
+    is_traced,
+    make_checked,
+    nan_unless,
+    require,
+)
 from jaxbounds.bounds.spectral import spectral_norms
 
 # The measures in Jiang et al.'s Appendix C order, and their equation numbers.
@@ -281,7 +287,8 @@ def _mc_accuracy(params, apply_fn, x, y, key, sigma, num_samples, magnitude_eps,
     return jnp.mean(jax.vmap(one)(keys))
 
 
-def perturbed_accuracy(params, apply_fn: Callable, x, y, key, sigma, *, num_samples: int = 10,
+def perturbed_accuracy(params, apply_fn: Callable, x, y, sigma, *, key,
+                       num_samples: int = 10,
                        magnitude_eps: float | None = None) -> jax.Array:
     """Mean training accuracy of w + u over ``num_samples`` draws (vmapped).
 
@@ -323,7 +330,7 @@ def _bisection(params, apply_fn, x, y, key, magnitude, *, magnitude_eps, search_
             "iterations": steps}
 
 
-def pac_bayes_sigma(params, apply_fn: Callable, x, y, key, *, magnitude_eps: float | None = None,
+def pac_bayes_sigma(params, apply_fn: Callable, x, y, *, key, magnitude_eps: float | None = None,
                     search_depth: int = 15, num_samples: int = 10, target_drop: float = 0.1,
                     tolerance: float = 0.01, bracket: tuple[float, float] = (0.0, 2.0),
                     base_accuracy=None) -> dict[str, jax.Array]:
@@ -503,16 +510,8 @@ def _measures_impl(static_fn, config: _Config, params, params_init, x, y, key, n
 _measures_jit = jax.jit(_measures_impl, static_argnums=(0, 1))
 
 
-def _check_int(name, value, minimum):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
-
-
 def _validate(params, params_init, apply_fn, train_batch, key, num_train, config: _Config):
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be callable, got {type(apply_fn).__name__}.")
+    check_callable("apply_fn", apply_fn)
     if not isinstance(train_batch, (tuple, list)) or len(train_batch) != 2:
         raise TypeError("train_batch must be a pair (x, y) of inputs [n, ...] and integer "
                         f"labels [n], got {type(train_batch).__name__}.")
@@ -544,16 +543,16 @@ def _validate(params, params_init, apply_fn, train_batch, key, num_train, config
         raise ValueError("params holds no weight matrix: expected leaves at least 2-D whose "
                          "last key is 'kernel' (Flax Dense/Conv layers).")
     if num_train is not None:
-        _check_int("num_train", num_train, 1)
-    _check_int("power_iters", config.power_iters, 1)
+        check_int("num_train", num_train, minimum=1)
+    check_int("power_iters", config.power_iters, minimum=1)
     require("margin_percentile", config.margin_percentile, lambda p: (p > 0) & (p <= 100),
             "in (0, 100]")
     if config.flatness:
         if key is None:
             raise ValueError("key is required for the flatness (PAC-Bayes) measures: pass "
                              "key=jax.random.PRNGKey(...), or flatness=False.")
-        _check_int("search_depth", config.search_depth, 1)
-        _check_int("mc_samples", config.mc_samples, 1)
+        check_int("search_depth", config.search_depth, minimum=1)
+        check_int("mc_samples", config.mc_samples, minimum=1)
         require("target_drop", config.target_drop, lambda t: (t > 0) & (t < 1), "in (0, 1)")
         require("drop_tolerance", config.drop_tolerance, lambda t: t > 0, "> 0")
         bracket = config.sigma_bracket
@@ -631,13 +630,10 @@ def checked_generalization_measures(params, params_init, apply_fn: Callable, tra
     logits = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct(jnp.shape(x),
                                                                     jnp.result_type(x)))
     num_classes = logits.shape[-1]
-
-    def body(params, params_init, x, y):
-        checkify.check(jnp.all((y >= 0) & (y < num_classes)),
-                       f"train_batch y must hold labels in [0, {num_classes})")
-        return generalization_measures(params, params_init, apply_fn, (x, y), **kwargs)
-
-    err, out = jax.jit(checkify.checkify(body, errors=checkify.user_checks))(
-        params, params_init, x, y)
-    err.throw()
-    return out
+    checked = make_checked(
+        lambda params, params_init, x, y: generalization_measures(
+            params, params_init, apply_fn, (x, y), **kwargs),
+        lambda params, params_init, x, y: [
+            ((y >= 0) & (y < num_classes),
+             f"train_batch y must hold labels in [0, {num_classes})")])
+    return checked(params, params_init, x, y)

@@ -42,48 +42,27 @@ H / log D (D = the covariance's dimension, not its rank): ``normalized=True`` re
 from __future__ import annotations
 
 import functools
-import operator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbounds._checks import require
+from jaxbounds._checks import check_array, check_bool, check_choice, check_int, require
+from jaxbounds._dtypes import compute_dtype
 
 __all__ = ["matrix_entropy", "matrix_nuclear_norm", "normalize_hidden"]
 
 ENTROPY_METHODS = ("svd", "covariance", "gram")
 
 
-def _check_hidden(hidden):
-    """Static checks on ``hidden``; returns it as an array (jax arrays and tracers as is)."""
-    if not (hasattr(hidden, "shape") and hasattr(hidden, "dtype")):
-        try:
-            hidden = np.asarray(hidden)
-        except Exception as err:  # noqa: BLE001 - not an array at all
-            raise TypeError(
-                f"hidden must be a 2-D float array [N, D], got {type(hidden).__name__}."
-            ) from err
-    dtype = np.dtype(hidden.dtype)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"hidden must be a real floating-point array [N, D], got dtype {dtype}."
-        )
-    if len(hidden.shape) != 2:
-        raise ValueError(
-            "hidden must be a 2-D array [N, D] (N tokens × D features; use jax.vmap for a "
-            f"batch of sequences), got shape {tuple(hidden.shape)}."
-        )
+def _hidden(hidden):
+    """``hidden`` checked as a float array [N ≥ 2, D ≥ 1] (jax arrays and tracers as is)."""
+    hidden = check_array("hidden", hidden, ndim=2)
     n, d = hidden.shape
     require("hidden.shape[0] (N, the number of tokens)", n, lambda v: v >= 2,
             "≥ 2 (a single token is all zeros once centred)")
     require("hidden.shape[1] (D, the number of features)", d, lambda v: v >= 1, "≥ 1")
     return hidden
-
-
-def _compute_dtype(dtype) -> jnp.dtype:
-    """float32 for 16-bit inputs (accumulate in float32), else the input's dtype."""
-    return jnp.promote_types(dtype, jnp.float32)
 
 
 def _safe_sqrt(sq):
@@ -94,7 +73,7 @@ def _safe_sqrt(sq):
 
 def _normalize(hidden):
     """Centre each column, then L2-normalise each row; zero rows stay zero (grad-safe)."""
-    x = hidden.astype(_compute_dtype(hidden.dtype))
+    x = hidden.astype(compute_dtype(hidden))
     x = x - jnp.mean(x, axis=0, keepdims=True)
     sq = jnp.sum(x * x, axis=1, keepdims=True)
     zero = sq == 0  # not `sq > 0`: a NaN row must stay NaN, not become a zero row
@@ -109,7 +88,7 @@ def normalize_hidden(hidden):
     centring stays 0 instead of becoming NaN. ``hidden`` is [N, D] float, N ≥ 2; the result
     has the same shape in float32 (16-bit inputs) or the input's dtype.
     """
-    return _normalize_jit(_check_hidden(hidden))
+    return _normalize_jit(_hidden(hidden))
 
 
 _normalize_jit = jax.jit(_normalize)
@@ -143,21 +122,12 @@ def matrix_nuclear_norm(hidden, *, num_columns: int | None = None):
     Raises TypeError/ValueError for a non-float ``hidden``, a shape that is not [N ≥ 2, D],
     or a ``num_columns`` out of range.
     """
-    hidden = _check_hidden(hidden)
+    hidden = _hidden(hidden)
     n, d = hidden.shape
     if num_columns is None:
         k = min(n, d)
     else:
-        if isinstance(num_columns, bool):
-            raise TypeError(f"num_columns must be an int or None, got {num_columns!r}.")
-        try:
-            k = operator.index(num_columns)
-        except TypeError as err:
-            raise TypeError(
-                f"num_columns must be an int or None, got {type(num_columns).__name__} "
-                f"{num_columns!r}."
-            ) from err
-        require("num_columns", k, lambda v: (v >= 1) & (v <= d), f"in [1, D={d}]")
+        k = check_int("num_columns", num_columns, minimum=1, maximum=d)
     return _mnn(hidden, k)
 
 
@@ -212,13 +182,9 @@ def matrix_entropy(hidden, *, normalized: bool = False, method: str = "svd"):
     inputs give NaN. Raises TypeError/ValueError for bad ``hidden``, ``normalized`` or
     ``method``.
     """
-    hidden = _check_hidden(hidden)
-    if not isinstance(normalized, (bool, np.bool_)):
-        raise TypeError(
-            f"normalized must be a bool, got {type(normalized).__name__} {normalized!r}."
-        )
-    if not isinstance(method, str) or method not in ENTROPY_METHODS:
-        raise ValueError(f"method must be one of {ENTROPY_METHODS}, got {method!r}.")
+    hidden = _hidden(hidden)
+    check_bool("normalized", normalized)
+    check_choice("method", method, ENTROPY_METHODS)
     if normalized:
         require("hidden.shape[1] (D) with normalized=True", hidden.shape[1],
                 lambda v: v >= 2, "≥ 2 (the entropy is divided by log D)")

@@ -61,8 +61,8 @@ kl bounds) have exact derivatives by the implicit function theorem (a ``jax.cust
 tangent in c is dropped; the slope in q is ±∞ at q ∈ {0, 1}. The binomial tail bound has no
 meaningful derivative (its inputs are counts).
 
-The computation runs in the floating dtype of the inputs (``jnp.result_type(..., float)``):
-float64 for Python numbers when ``jax_enable_x64`` is on, float32 for float32 arrays. The
+The computation runs in the floating dtype of the inputs: float64 for Python numbers when
+``jax_enable_x64`` is on, float32 for float32 (and 16-bit) arrays. The
 soundness guarantees above hold in float64. In float32 the rounding of kl itself moves the
 kl inverses by up to about 2e-7, to either side, and jax's float32 ``betainc`` is off by
 about 1e-3 relative at n = 5,000 and 1e-2 at n = 50,000, also to either side. Use float64
@@ -70,18 +70,15 @@ when the last digits of a bound matter, and always for the binomial bound with l
 
 Bad input
 ---------
-Following DESIGN.md ("Bad input"), concrete values (Python numbers, NumPy arrays, concrete
-jax arrays) are checked eagerly and raise ``ValueError`` naming the argument, the value and
-the expected range: δ ∉ (0, 1), R̂ ∉ [0, 1], n ≤ 0, KL < 0, C ≤ 0, errors ∉ {0, …, n},
-log-probabilities > 0. Traced values (under ``jax.jit``/``vmap``) cannot be checked; there
-an out-of-range element gives NaN in the corresponding output element. Each public bound
-``f`` has a ``checked_f`` variant (built with ``jax.experimental.checkify`` through
-``jaxbounds._checks.make_checked``) that raises under jit instead.
+Concrete values (Python numbers, NumPy arrays, concrete jax arrays) are checked eagerly
+and raise ``ValueError`` naming the argument, the value and the expected range: δ ∉ (0, 1),
+R̂ ∉ [0, 1], n ≤ 0, KL < 0, C ≤ 0, errors ∉ {0, …, n}, log-probabilities > 0. Traced values
+(under ``jax.jit``/``vmap``) cannot be checked; there an out-of-range element gives NaN in
+the corresponding output element. Each public bound ``f`` has a ``checked_f`` variant
+(through ``jax.experimental.checkify``) that raises under jit instead.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +86,16 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import betainc
 
-from jaxbounds._checks import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import (
+    check_at_most,
+    check_bool,
+    in_ranges,
+    is_traced,
+    nan_unless,
+    require,
+    with_checked,
+)
+from jaxbounds._dtypes import as_float
 
 __all__ = [
     "NUM_BISECTION_STEPS",
@@ -122,65 +128,14 @@ NUM_BISECTION_STEPS = 64
 """Bisection steps of the kl and binomial inverses: enough to exhaust float64 on [0, 1]."""
 
 
-# ----------------------------------------------------------------------------- helpers
+# ------------------------------------------------------------------- argument ranges
 
-
-def _float_dtype(*values):
-    """The floating dtype of the computation: the inputs' float dtype, else jax's default."""
-    floats = [v for v in values if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
-    return jnp.result_type(*floats, float)
-
-
-def _as_float(dtype, *values):
-    return tuple(jnp.asarray(v, dtype) for v in values)
-
-
-def _sequences_as_arrays(fn):
-    """Let a public function take lists/tuples of numbers (a pytree to ``jit``) as arrays."""
-
-    def convert(value):
-        if not isinstance(value, (list, tuple)):
-            return value
-        try:
-            return np.asarray(value)
-        except Exception:  # noqa: BLE001 - holds tracers
-            return jnp.asarray(value)
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        args = tuple(convert(a) for a in args)
-        kwargs = {key: convert(v) for key, v in kwargs.items()}
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _in01(x):
-    return (x >= 0) & (x <= 1)
-
-
-def _require_risk(name, value):
-    require(name, value, _in01, "in [0, 1]")
-
-
-def _require_common(risk, n, delta, kl):
-    _require_risk("risk", risk)
-    require("n", n, lambda v: v > 0, "> 0")
-    require("delta", delta, lambda v: (v > 0) & (v < 1), "in (0, 1)")
-    require("kl", kl, lambda v: v >= 0, ">= 0")
-
-
-def _valid_common(risk, n, delta, kl):
-    return _in01(risk) & (n > 0) & (delta > 0) & (delta < 1) & (kl >= 0)
-
-
-def _common_conditions(risk, n, delta, kl, *rest):
-    return [
-        (_in01(jnp.asarray(risk)), "risk must be in [0, 1]"),
-        (jnp.asarray(n) > 0, "n must be > 0"),
-        ((jnp.asarray(delta) > 0) & (jnp.asarray(delta) < 1), "delta must be in (0, 1)"),
-        (jnp.asarray(kl) >= 0, "kl must be >= 0"),
-    ]
+_IN01 = (lambda v: (v >= 0) & (v <= 1), "in [0, 1]")
+_OPEN01 = (lambda v: (v > 0) & (v < 1), "in (0, 1)")
+_POSITIVE = (lambda v: v > 0, "> 0")
+_NONNEGATIVE = (lambda v: v >= 0, ">= 0")
+_COMMON = {"risk": _IN01, "n": _POSITIVE, "delta": _OPEN01, "kl": _NONNEGATIVE}
+_KL_INVERSE = {"q": _IN01, "c": _NONNEGATIVE}
 
 
 # ------------------------------------------------------------------------ binary KL
@@ -234,16 +189,7 @@ def _kl_core(q, p, q_logs=None):
     return jnp.maximum(first + second, 0)
 
 
-@jax.jit
-def _kl_bernoulli(q, p):
-    q, p = _as_float(_float_dtype(q, p), q, p)
-    valid = _in01(q) & _in01(p)
-    q_s = jnp.where(valid, q, 0.5)
-    p_s = jnp.where(valid, p, 0.5)
-    return nan_unless(valid, _kl_core(q_s, p_s))
-
-
-@_sequences_as_arrays
+@with_checked(ranges={"q": _IN01, "p": _IN01})
 def kl_bernoulli(q, p):
     """Binary KL divergence kl(q‖p) = q ln(q/p) + (1 − q) ln((1 − q)/(1 − p)), in nats.
 
@@ -251,12 +197,15 @@ def kl_bernoulli(q, p):
     q strictly inside. ``q`` and ``p`` must lie in [0, 1] (ValueError eagerly, NaN under
     jit; see :func:`checked_kl_bernoulli`). Broadcasts.
     """
-    _require_risk("q", q)
-    _require_risk("p", p)
-    return _kl_bernoulli(q, p)
+    q, p = as_float(q, p)
+    valid = in_ranges({"q": _IN01, "p": _IN01}, q=q, p=p)
+    q_s = jnp.where(valid, q, 0.5)
+    p_s = jnp.where(valid, p, 0.5)
+    return nan_unless(valid, _kl_core(q_s, p_s))
 
 
 kl_divergence_bernoulli = kl_bernoulli
+checked_kl_bernoulli = kl_bernoulli.checked
 
 
 # --------------------------------------------------------------------- kl inverses
@@ -334,25 +283,14 @@ _kl_inv_lower_core = _with_implicit_jvp(_bisect_lower)
 
 
 def _kl_inv(core, q, c):
-    q, c = _as_float(_float_dtype(q, c), q, c)
-    q, c = jnp.broadcast_arrays(q, c)
-    valid = _in01(q) & (c >= 0)
+    q, c = jnp.broadcast_arrays(*as_float(q, c))
+    valid = in_ranges(_KL_INVERSE, q=q, c=c)
     q_s = jnp.where(valid, q, 0.5)
     c_s = jnp.where(valid, c, 1.0)
     return nan_unless(valid, core(q_s, c_s))
 
 
-@jax.jit
-def _kl_inverse_upper(q, c):
-    return _kl_inv(_kl_inv_upper_core, q, c)
-
-
-@jax.jit
-def _kl_inverse_lower(q, c):
-    return _kl_inv(_kl_inv_lower_core, q, c)
-
-
-@_sequences_as_arrays
+@with_checked(ranges=_KL_INVERSE)
 def kl_inverse_upper(q, c):
     """kl⁻¹_up(q, c) = sup{p ∈ [q, 1] : kl(q‖p) ≤ c}, by 64 bisection steps.
 
@@ -360,31 +298,29 @@ def kl_inverse_upper(q, c):
     true value (up to the rounding of kl). ``q`` ∈ [0, 1], ``c`` ≥ 0 (ValueError eagerly,
     NaN under jit; see :func:`checked_kl_inverse_upper`); c = ∞ gives 1. Broadcasts.
     """
-    _require_risk("q", q)
-    require("c", c, lambda v: v >= 0, ">= 0")
-    return _kl_inverse_upper(q, c)
+    return _kl_inv(_kl_inv_upper_core, q, c)
 
 
-@_sequences_as_arrays
+@with_checked(ranges=_KL_INVERSE)
 def kl_inverse_lower(q, c):
     """kl⁻¹_low(q, c) = inf{p ∈ [0, q] : kl(q‖p) ≤ c}, by 64 bisection steps.
 
     Returns the lower end of the final bisection bracket, so the result is never above the
     true value. Same argument ranges and bad-input behaviour as :func:`kl_inverse_upper`.
     """
-    _require_risk("q", q)
-    require("c", c, lambda v: v >= 0, ">= 0")
-    return _kl_inverse_lower(q, c)
+    return _kl_inv(_kl_inv_lower_core, q, c)
+
+
+checked_kl_inverse_upper = kl_inverse_upper.checked
+checked_kl_inverse_lower = kl_inverse_lower.checked
 
 
 # ------------------------------------------------------------------------- bounds
 
 
 def _prepare(risk, n, delta, kl):
-    dtype = _float_dtype(risk, delta, kl)
-    risk, n, delta, kl = _as_float(dtype, risk, n, delta, kl)
-    risk, n, delta, kl = jnp.broadcast_arrays(risk, n, delta, kl)
-    valid = _valid_common(risk, n, delta, kl)
+    risk, n, delta, kl = jnp.broadcast_arrays(*as_float(risk, n, delta, kl))
+    valid = in_ranges(_COMMON, risk=risk, n=n, delta=delta, kl=kl)
     safe = (
         jnp.where(valid, risk, 0.5),
         jnp.where(valid, n, 1.0),
@@ -398,13 +334,7 @@ def _log_2sqrtn_over_delta(n, delta):
     return jnp.log(2.0) + 0.5 * jnp.log(n) - jnp.log(delta)
 
 
-@jax.jit
-def _occam_bound(risk, n, delta, kl):
-    valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
-    return nan_unless(valid, risk + jnp.sqrt((kl - jnp.log(delta)) / (2 * n)))
-
-
-@_sequences_as_arrays
+@with_checked(ranges=_COMMON)
 def occam_bound(risk, n, delta, kl):
     """Occam bound R ≤ R̂ + √((KL + ln(1/δ)) / (2n)) (Hoeffding + prior-weighted union bound).
 
@@ -412,43 +342,29 @@ def occam_bound(risk, n, delta, kl):
     KL = −ln P(θ). Not clipped at 1. Bad input: ValueError eagerly, NaN under jit; see
     :func:`checked_occam_bound`.
     """
-    _require_common(risk, n, delta, kl)
-    return _occam_bound(risk, n, delta, kl)
-
-
-@jax.jit
-def _mcallester_bound(risk, n, delta, kl):
     valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
-    value = risk + jnp.sqrt((kl + _log_2sqrtn_over_delta(n, delta)) / (2 * n))
-    return nan_unless(valid, value)
+    return nan_unless(valid, risk + jnp.sqrt((kl - jnp.log(delta)) / (2 * n)))
 
 
-@_sequences_as_arrays
+@with_checked(ranges=_COMMON)
 def mcallester_bound(risk, n, delta, kl):
     """McAllester bound R ≤ R̂ + √((KL + ln(2√n/δ)) / (2n)) (McAllester 1999; Maurer 2004).
 
     Valid for any posterior Q (R, R̂ are Q-averaged risks). Not clipped at 1. Bad input:
     ValueError eagerly, NaN under jit; see :func:`checked_mcallester_bound`.
     """
-    _require_common(risk, n, delta, kl)
-    return _mcallester_bound(risk, n, delta, kl)
-
-
-@jax.jit
-def _pac_bayes_kl_bound(risk, n, delta, kl):
     valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
-    c = (kl + _log_2sqrtn_over_delta(n, delta)) / n
-    return nan_unless(valid, _kl_inv_upper_core(risk, c))
+    value = risk + jnp.sqrt((kl + _log_2sqrtn_over_delta(n, delta)) / (2 * n))
+    return nan_unless(valid, value)
 
 
-@jax.jit
-def _occam_kl_bound(risk, n, delta, kl):
+def _kl_bound(risk, n, delta, kl, occam):
     valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
-    c = (kl - jnp.log(delta)) / n
-    return nan_unless(valid, _kl_inv_upper_core(risk, c))
+    log_term = -jnp.log(delta) if occam else _log_2sqrtn_over_delta(n, delta)
+    return nan_unless(valid, _kl_inv_upper_core(risk, (kl + log_term) / n))
 
 
-@_sequences_as_arrays
+@with_checked(ranges=_COMMON)
 def occam_kl_bound(risk, n, delta, kl):
     """Occam-kl bound R ≤ kl⁻¹_up(R̂, (KL + ln(1/δ)) / n) (Langford 2005).
 
@@ -456,11 +372,11 @@ def occam_kl_bound(risk, n, delta, kl):
     it is the Chernoff test-set bound. Bad input: ValueError eagerly, NaN under jit; see
     :func:`checked_occam_kl_bound`.
     """
-    _require_common(risk, n, delta, kl)
-    return _occam_kl_bound(risk, n, delta, kl)
+    return _kl_bound(risk, n, delta, kl, occam=True)
 
 
-@_sequences_as_arrays
+@with_checked(ranges=_COMMON, checks=lambda occam, **_: check_bool("occam", occam),
+              static_argnames=("occam",))
 def pac_bayes_kl_bound(risk, n, delta, kl, *, occam=False):
     """PAC-Bayes-kl bound R ≤ kl⁻¹_up(R̂, (KL + ln(2√n/δ)) / n) (Seeger 2002; Maurer 2004).
 
@@ -469,28 +385,20 @@ def pac_bayes_kl_bound(risk, n, delta, kl, *, occam=False):
     countable class. Bad input: ValueError eagerly, NaN under jit; see
     :func:`checked_pac_bayes_kl_bound`.
     """
-    if not isinstance(occam, (bool, np.bool_)):
-        raise TypeError(f"occam must be a Python bool (static), got {type(occam).__name__}.")
-    if occam:
-        return occam_kl_bound(risk, n, delta, kl)
-    _require_common(risk, n, delta, kl)
-    return _pac_bayes_kl_bound(risk, n, delta, kl)
+    return _kl_bound(risk, n, delta, kl, occam=bool(occam))
+
+
+checked_occam_bound = occam_bound.checked
+checked_mcallester_bound = mcallester_bound.checked
+checked_occam_kl_bound = occam_kl_bound.checked
+checked_pac_bayes_kl_bound = pac_bayes_kl_bound.checked
 
 
 def _catoni_value(risk, n, delta, kl, c):
     return jnp.expm1(-c * risk - (kl - jnp.log(delta)) / n) / jnp.expm1(-c)
 
 
-@jax.jit
-def _catoni_bound(risk, n, delta, kl, c):
-    valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
-    c = jnp.asarray(c, risk.dtype)
-    valid = valid & (c > 0)
-    c_s = jnp.where(c > 0, c, 1.0)
-    return nan_unless(valid, _catoni_value(risk, n, delta, kl, c_s))
-
-
-@_sequences_as_arrays
+@with_checked(ranges={**_COMMON, "c": _POSITIVE})
 def catoni_bound(risk, n, delta, kl, c):
     """Catoni bound R ≤ (1 − exp(−C·R̂ − (KL + ln(1/δ))/n)) / (1 − e^{−C}) for fixed C > 0.
 
@@ -498,13 +406,28 @@ def catoni_bound(risk, n, delta, kl, c):
     :func:`catoni_bound_grid` to optimise it. Not clipped at 1. Bad input: ValueError
     eagerly, NaN under jit; see :func:`checked_catoni_bound`.
     """
-    _require_common(risk, n, delta, kl)
-    require("c", c, lambda v: v > 0, "> 0")
-    return _catoni_bound(risk, n, delta, kl, c)
+    valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
+    c = jnp.asarray(c, risk.dtype)
+    valid = valid & (c > 0)
+    c_s = jnp.where(c > 0, c, 1.0)
+    return nan_unless(valid, _catoni_value(risk, n, delta, kl, c_s))
 
 
-@jax.jit
-def _catoni_bound_grid(risk, n, delta, kl, c_grid):
+def _c_grid_shape(c_grid, **_):
+    shape = jnp.shape(c_grid)
+    if len(shape) != 1 or shape[0] == 0:
+        raise ValueError(f"c_grid must be a non-empty 1-D array, got shape {shape}.")
+
+
+@with_checked(ranges={**_COMMON, "c_grid": (_POSITIVE[0], "> 0 everywhere")},
+              checks=_c_grid_shape)
+def catoni_bound_grid(risk, n, delta, kl, c_grid):
+    """Catoni bound minimised over a fixed grid of C, paying ln|grid| (δ → δ/|grid|).
+
+    ``c_grid`` is a non-empty 1-D array of C > 0 (shape checked eagerly, also under jit);
+    the other arguments broadcast together and the result has their shape. Bad input:
+    ValueError eagerly, NaN under jit; see :func:`checked_catoni_bound_grid`.
+    """
     valid, (risk, n, delta, kl) = _prepare(risk, n, delta, kl)
     c_grid = jnp.asarray(c_grid, risk.dtype)
     valid = valid & jnp.all(c_grid > 0)
@@ -514,35 +437,30 @@ def _catoni_bound_grid(risk, n, delta, kl, c_grid):
     return nan_unless(valid, jnp.min(values, axis=-1))
 
 
-@_sequences_as_arrays
-def catoni_bound_grid(risk, n, delta, kl, c_grid):
-    """Catoni bound minimised over a fixed grid of C, paying ln|grid| (δ → δ/|grid|).
+checked_catoni_bound = catoni_bound.checked
+checked_catoni_bound_grid = catoni_bound_grid.checked
 
-    ``c_grid`` is a non-empty 1-D array of C > 0 (shape checked eagerly, also under jit);
-    the other arguments broadcast together and the result has their shape. Bad input:
-    ValueError eagerly, NaN under jit; see :func:`checked_catoni_bound_grid`.
+_BINOMIAL = {
+    "n": (lambda v: (v > 0) & (v == jnp.floor(v)), "an integer > 0"),
+    "errors": (lambda v: (v >= 0) & (v == jnp.floor(v)), "an integer >= 0"),
+    "delta": _OPEN01,
+}
+
+
+@with_checked(lambda errors, n, **_: [(jnp.asarray(errors) <= jnp.asarray(n),
+                                       "errors must be <= n")],
+              ranges=_BINOMIAL,
+              checks=lambda errors, n, **_: check_at_most("errors", errors, "n", n))
+def binomial_tail_bound(errors, n, delta):
+    """Exact test-set bound R ≤ max{p : P[Bin(n, p) ≤ errors] ≥ δ} (Langford 2005).
+
+    P[Bin(n, p) ≤ k] = I_{1−p}(n − k, k + 1) is inverted by 64 bisection steps and the upper
+    end of the bracket is returned (sound); ``errors == n`` gives 1. ``errors`` and ``n``
+    are integer-valued counts with 0 ≤ errors ≤ n and n > 0; δ ∈ (0, 1). Bad input:
+    ValueError eagerly, NaN under jit; see :func:`checked_binomial_tail_bound`.
     """
-    shape = jnp.shape(c_grid)
-    if len(shape) != 1 or shape[0] == 0:
-        raise ValueError(f"c_grid must be a non-empty 1-D array, got shape {shape}.")
-    _require_common(risk, n, delta, kl)
-    require("c_grid", c_grid, lambda v: v > 0, "> 0 everywhere")
-    return _catoni_bound_grid(risk, n, delta, kl, c_grid)
-
-
-def _is_integer(x):
-    return x == jnp.floor(x)
-
-
-@jax.jit
-def _binomial_tail_bound(errors, n, delta):
-    dtype = _float_dtype(errors, n, delta)
-    k, n, delta = _as_float(dtype, errors, n, delta)
-    k, n, delta = jnp.broadcast_arrays(k, n, delta)
-    valid = (
-        (n > 0) & _is_integer(n) & (k >= 0) & (k <= n) & _is_integer(k)
-        & (delta > 0) & (delta < 1)
-    )
+    k, n, delta = jnp.broadcast_arrays(*as_float(errors, n, delta))
+    valid = in_ranges(_BINOMIAL, errors=k, n=n, delta=delta) & (k <= n)
     k = jnp.where(valid, k, 0.0)
     n = jnp.where(valid, n, 1.0)
     delta = jnp.where(valid, delta, 0.5)
@@ -554,43 +472,30 @@ def _binomial_tail_bound(errors, n, delta):
     return nan_unless(valid, jnp.where(all_wrong, 1.0, hi))
 
 
-@_sequences_as_arrays
-def binomial_tail_bound(errors, n, delta):
-    """Exact test-set bound R ≤ max{p : P[Bin(n, p) ≤ errors] ≥ δ} (Langford 2005).
-
-    P[Bin(n, p) ≤ k] = I_{1−p}(n − k, k + 1) is inverted by 64 bisection steps and the upper
-    end of the bracket is returned (sound); ``errors == n`` gives 1. ``errors`` and ``n``
-    are integer-valued counts with 0 ≤ errors ≤ n and n > 0; δ ∈ (0, 1). Bad input:
-    ValueError eagerly, NaN under jit; see :func:`checked_binomial_tail_bound`.
-    """
-    require("n", n, lambda v: (v > 0) & (v == np.floor(v)), "an integer > 0")
-    require("errors", errors, lambda v: (v >= 0) & (v == np.floor(v)), "an integer >= 0")
-    if not (is_traced(errors) or is_traced(n)):
-        e_arr, n_arr = np.broadcast_arrays(np.asarray(errors), np.asarray(n))
-        bad = e_arr > n_arr
-        if np.any(bad):
-            raise ValueError(
-                f"errors must be <= n, got errors={e_arr[bad][:5]!r} with n={n_arr[bad][:5]!r}."
-            )
-    require("delta", delta, lambda v: (v > 0) & (v < 1), "in (0, 1)")
-    return _binomial_tail_bound(errors, n, delta)
+checked_binomial_tail_bound = binomial_tail_bound.checked
 
 
 # ------------------------------------------------------------------ KL of a prompt
 
 
-@functools.partial(jax.jit, static_argnames=("axis",))
-def _kl_from_token_logprobs(logprobs, mask, axis):
-    logprobs = jnp.asarray(logprobs, _float_dtype(logprobs))
-    keep = jnp.ones(logprobs.shape, bool) if mask is None else jnp.asarray(mask, bool)
-    keep = jnp.broadcast_to(keep, logprobs.shape)
-    bad = keep & ~(logprobs <= 0)
-    terms = jnp.where(keep & ~bad, logprobs, 0)
-    total = -jnp.sum(terms, axis=axis)
-    return nan_unless(~jnp.any(bad, axis=axis), total)
+def _counted_logprobs_nonpositive(logprobs, mask, **_):
+    if mask is None:
+        require("logprobs", logprobs, lambda v: v <= 0, "<= 0 (natural-log probabilities)")
+    elif not (is_traced(logprobs) or is_traced(mask)):
+        lp, keep = np.broadcast_arrays(np.asarray(logprobs), np.asarray(mask, bool))
+        require(
+            "logprobs", lp[keep], lambda v: v <= 0, "<= 0 (natural-log probabilities)"
+        )
 
 
-@_sequences_as_arrays
+def _bad_logprobs(logprobs, mask):
+    keep = jnp.ones(jnp.shape(logprobs), bool) if mask is None else jnp.asarray(mask, bool)
+    return jnp.broadcast_to(keep, jnp.shape(logprobs)) & ~(logprobs <= 0)
+
+
+@with_checked(lambda logprobs, mask, **_: [(~_bad_logprobs(jnp.asarray(logprobs), mask),
+                                            "logprobs must be <= 0 where counted")],
+              checks=_counted_logprobs_nonpositive, static_argnames=("axis",))
 def kl_from_token_logprobs(logprobs, *, mask=None, axis=-1):
     """KL of a point-mass posterior on a token sequence: −Σ_t logprobs[t] (nats).
 
@@ -601,90 +506,12 @@ def kl_from_token_logprobs(logprobs, *, mask=None, axis=-1):
     ``None`` sums everything). A counted entry > 0 or NaN: ValueError eagerly, NaN in that
     output under jit; see :func:`checked_kl_from_token_logprobs`.
     """
-    if mask is None:
-        require("logprobs", logprobs, lambda v: v <= 0, "<= 0 (natural-log probabilities)")
-    elif not (is_traced(logprobs) or is_traced(mask)):
-        lp, keep = np.broadcast_arrays(np.asarray(logprobs), np.asarray(mask, bool))
-        require(
-            "logprobs", lp[keep], lambda v: v <= 0, "<= 0 (natural-log probabilities)"
-        )
-    return _kl_from_token_logprobs(logprobs, mask, axis)
+    (logprobs,) = as_float(logprobs)
+    bad = _bad_logprobs(logprobs, mask)
+    keep = jnp.broadcast_to(True if mask is None else jnp.asarray(mask, bool), logprobs.shape)
+    terms = jnp.where(keep & ~bad, logprobs, 0)
+    total = -jnp.sum(terms, axis=axis)
+    return nan_unless(~jnp.any(bad, axis=axis), total)
 
 
-# ------------------------------------------------------------------ checked variants
-
-
-def _q_c_conditions(q, c):
-    return [
-        (_in01(jnp.asarray(q)), "q must be in [0, 1]"),
-        (jnp.asarray(c) >= 0, "c must be >= 0"),
-    ]
-
-
-checked_kl_bernoulli = make_checked(
-    kl_bernoulli,
-    lambda q, p: [
-        (_in01(jnp.asarray(q)), "q must be in [0, 1]"),
-        (_in01(jnp.asarray(p)), "p must be in [0, 1]"),
-    ],
-)
-checked_kl_inverse_upper = make_checked(kl_inverse_upper, _q_c_conditions)
-checked_kl_inverse_lower = make_checked(kl_inverse_lower, _q_c_conditions)
-checked_occam_bound = make_checked(occam_bound, _common_conditions)
-checked_mcallester_bound = make_checked(mcallester_bound, _common_conditions)
-checked_occam_kl_bound = make_checked(occam_kl_bound, _common_conditions)
-_checked_pac_bayes_kl = make_checked(pac_bayes_kl_bound, _common_conditions)
-
-
-def checked_pac_bayes_kl_bound(risk, n, delta, kl, *, occam=False):
-    """Checked variant of :func:`pac_bayes_kl_bound`: raises on out-of-range traced values
-    (via ``jax.experimental.checkify``) instead of returning NaN."""
-    if not isinstance(occam, (bool, np.bool_)):
-        raise TypeError(f"occam must be a Python bool (static), got {type(occam).__name__}.")
-    if occam:
-        return checked_occam_kl_bound(risk, n, delta, kl)
-    return _checked_pac_bayes_kl(risk, n, delta, kl)
-
-
-checked_catoni_bound = make_checked(
-    catoni_bound,
-    lambda risk, n, delta, kl, c: _common_conditions(risk, n, delta, kl)
-    + [(jnp.asarray(c) > 0, "c must be > 0")],
-)
-checked_catoni_bound_grid = make_checked(
-    catoni_bound_grid,
-    lambda risk, n, delta, kl, c_grid: _common_conditions(risk, n, delta, kl)
-    + [(jnp.asarray(c_grid) > 0, "c_grid must be > 0 everywhere")],
-)
-
-
-def _binomial_conditions(errors, n, delta):
-    errors, n, delta = jnp.asarray(errors), jnp.asarray(n), jnp.asarray(delta)
-    return [
-        ((n > 0) & _is_integer(n), "n must be an integer > 0"),
-        ((errors >= 0) & _is_integer(errors), "errors must be an integer >= 0"),
-        (errors <= n, "errors must be <= n"),
-        ((delta > 0) & (delta < 1), "delta must be in (0, 1)"),
-    ]
-
-
-checked_binomial_tail_bound = make_checked(binomial_tail_bound, _binomial_conditions)
-
-
-@functools.cache
-def _checked_logprobs(axis):
-    def conditions(logprobs, mask):
-        logprobs = jnp.asarray(logprobs)
-        keep = True if mask is None else jnp.asarray(mask, bool)
-        return [(~(keep & ~(logprobs <= 0)), "logprobs must be <= 0 where counted")]
-
-    return make_checked(
-        lambda logprobs, mask: kl_from_token_logprobs(logprobs, mask=mask, axis=axis),
-        conditions,
-    )
-
-
-def checked_kl_from_token_logprobs(logprobs, *, mask=None, axis=-1):
-    """Checked variant of :func:`kl_from_token_logprobs`: raises on out-of-range traced
-    values (via ``jax.experimental.checkify``) instead of returning NaN."""
-    return _checked_logprobs(axis)(logprobs, mask)
+checked_kl_from_token_logprobs = kl_from_token_logprobs.checked

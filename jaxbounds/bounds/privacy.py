@@ -81,7 +81,7 @@ Conventions
 -----------
 Pure functions, jit-compiled, vmappable (over keys, ε, data), float64 when
 ``jax_enable_x64`` is on (the dtype follows the inputs). Randomness is explicit
-(``jax.random`` keys). Bad input (DESIGN.md): concrete values are checked eagerly and raise
+(``jax.random`` keys). Bad input: concrete values are checked eagerly and raise
 ``ValueError``/``TypeError`` naming the argument, the value and the expected range (ε ≤ 0,
 δ ∉ (0, 1), k ∉ [1, d], n ≤ 0, clip ≤ 0, shapes). Traced out-of-range values (under
 ``jit``/``vmap``) give NaN outputs; the ``checked_*`` variants raise under jit instead.
@@ -96,7 +96,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbounds._checks import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import (
+    check_at_most,
+    check_choice,
+    check_int,
+    check_matrix,
+    check_mechanism,
+    check_shape,
+    in_ranges,
+    nan_unless,
+    require,
+    with_checked,
+)
+from jaxbounds._dtypes import as_float, float_dtype
 
 __all__ = [
     "MECHANISMS",
@@ -134,95 +146,44 @@ METHODS = ("threshold_ls", "iht")
 """Server estimators: hard-thresholded least squares, iterative hard thresholding."""
 
 
-# ----------------------------------------------------------------------------- checks
+# ------------------------------------------------------------------- argument ranges
+
+_POSITIVE = (lambda v: v > 0, "> 0")
+_OPEN01 = (lambda v: (v > 0) & (v < 1), "in (0, 1)")
+_GAUSSIAN_EPSILON = (_OPEN01[0], "in (0, 1) for the Gaussian mechanism (Dwork and Roth, "
+                                 "Thm A.1)")
+_LAPLACE = {"sensitivity": _POSITIVE, "epsilon": _POSITIVE}
+_GAUSSIAN = {"sensitivity": _POSITIVE, "epsilon": _GAUSSIAN_EPSILON, "delta": _OPEN01}
+_CLIPS = {"clip_x": _POSITIVE, "clip_y": _POSITIVE}
 
 
-def _positive(name, value):
-    require(name, value, lambda v: v > 0, "> 0")
+def _data(x, y):
+    """Check ``x`` [n, d] and ``y`` [n] (any numeric dtype)."""
+    n = check_matrix("x", x, kind="numeric").shape[0]
+    check_shape("y", y, (n,), " to match x")
 
 
-def _require_epsilon(epsilon, mechanism="laplace"):
-    if mechanism == "gaussian":
-        require("epsilon", epsilon, lambda v: (v > 0) & (v < 1),
-                "in (0, 1) for the Gaussian mechanism (Dwork and Roth, Thm A.1)")
-    else:
-        _positive("epsilon", epsilon)
-
-
-def _require_delta(delta):
-    if delta is None:
-        raise ValueError("delta must be given (in (0, 1)) for the Gaussian mechanism, got None.")
-    require("delta", delta, lambda v: (v > 0) & (v < 1), "in (0, 1)")
-
-
-def _require_mechanism(mechanism, delta):
-    if mechanism not in MECHANISMS:
-        raise ValueError(f"mechanism must be one of {MECHANISMS}, got {mechanism!r}.")
-    if mechanism == "gaussian":
-        _require_delta(delta)
-    elif delta is not None:
-        raise ValueError(f"delta must be None for the pure ε-LDP Laplace mechanism, got "
-                         f"{delta!r}; use mechanism='gaussian' for (ε, δ)-LDP.")
-
-
-def _require_int(name, value, low, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be a Python int, got {type(value).__name__} {value!r}.")
-    if value < low or (high is not None and value > high):
-        expected = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name} must be {expected}, got {value!r}.")
-
-
-def _require_share(matrix_share):
+def _share(matrix_share):
     if matrix_share is not None:
-        require("matrix_share", matrix_share, lambda v: (v > 0) & (v < 1), "in (0, 1) or None")
-
-
-def _require_data(x, y):
-    x_shape, y_shape = jnp.shape(x), jnp.shape(y)
-    if len(x_shape) != 2:
-        raise ValueError(f"x must have shape [n, d], got shape {x_shape}.")
-    if y_shape != x_shape[:1]:
-        raise ValueError(f"y must have shape [n] = {x_shape[:1]} to match x, got {y_shape}.")
-    if x_shape[0] < 1 or x_shape[1] < 1:
-        raise ValueError(f"x must have n >= 1 rows and d >= 1 columns, got shape {x_shape}.")
-
-
-def _float(*values):
-    floats = [v for v in values if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
-    return jnp.result_type(*floats, float)
+        require("matrix_share", matrix_share, _OPEN01[0], "in (0, 1) or None")
 
 
 # ----------------------------------------------------------------------- mechanisms
 
 
-@jax.jit
-def _laplace_scale(sensitivity, epsilon):
-    dtype = _float(sensitivity, epsilon)
-    sensitivity, epsilon = jnp.asarray(sensitivity, dtype), jnp.asarray(epsilon, dtype)
-    return nan_unless((sensitivity > 0) & (epsilon > 0), sensitivity / epsilon)
-
-
+@with_checked(ranges=_LAPLACE)
 def laplace_scale(sensitivity, epsilon):
     """Laplace scale b = Δ₁/ε of the pure ε-DP Laplace mechanism (noise variance 2b²).
 
     ``sensitivity`` = Δ₁ > 0 (L1 sensitivity of the released vector), ``epsilon`` > 0.
     Broadcasts. Bad input: ValueError eagerly, NaN under jit (see :func:`checked_laplace_scale`).
     """
-    _positive("sensitivity", sensitivity)
-    _positive("epsilon", epsilon)
-    return _laplace_scale(sensitivity, epsilon)
+    sensitivity, epsilon = as_float(sensitivity, epsilon)
+    return nan_unless(in_ranges(_LAPLACE, sensitivity=sensitivity, epsilon=epsilon),
+                      sensitivity / epsilon)
 
 
-@jax.jit
-def _gaussian_sigma(sensitivity, epsilon, delta):
-    dtype = _float(sensitivity, epsilon, delta)
-    s, e, d = (jnp.asarray(v, dtype) for v in (sensitivity, epsilon, delta))
-    valid = (s > 0) & (e > 0) & (e < 1) & (d > 0) & (d < 1)
-    d_safe = jnp.where(valid, d, 0.5)
-    return nan_unless(valid, s * jnp.sqrt(2 * jnp.log(1.25 / d_safe)) / e)
-
-
+@with_checked(ranges=_GAUSSIAN)
 def gaussian_sigma(sensitivity, epsilon, delta):
     """σ = Δ₂ √(2 ln(1.25/δ)) / ε of the (ε, δ)-DP Gaussian mechanism (Dwork and Roth 2014,
     Thm A.1), valid for ε ∈ (0, 1), δ ∈ (0, 1). This is **not** pure ε-DP.
@@ -230,19 +191,20 @@ def gaussian_sigma(sensitivity, epsilon, delta):
     ``sensitivity`` = Δ₂ > 0 is the L2 sensitivity. Broadcasts. Bad input: ValueError
     eagerly, NaN under jit (see :func:`checked_gaussian_sigma`).
     """
-    _positive("sensitivity", sensitivity)
-    _require_epsilon(epsilon, "gaussian")
-    _require_delta(delta)
-    return _gaussian_sigma(sensitivity, epsilon, delta)
+    s, e, d = as_float(sensitivity, epsilon, delta)
+    valid = in_ranges(_GAUSSIAN, sensitivity=s, epsilon=e, delta=d)
+    d_safe = jnp.where(valid, d, 0.5)
+    return nan_unless(valid, s * jnp.sqrt(2 * jnp.log(1.25 / d_safe)) / e)
 
 
-@jax.jit
-def _laplace_mechanism(key, value, sensitivity, epsilon):
-    value = jnp.asarray(value, _float(value, sensitivity, epsilon))
-    scale = _laplace_scale(sensitivity, epsilon).astype(value.dtype)
-    return value + scale * jax.random.laplace(key, value.shape, value.dtype)
+checked_laplace_scale = laplace_scale.checked
+checked_gaussian_sigma = gaussian_sigma.checked
+# The unchecked computations, for use inside other traced functions.
+_laplace_scale = laplace_scale.__wrapped__
+_gaussian_sigma = gaussian_sigma.__wrapped__
 
 
+@with_checked(ranges=_LAPLACE)
 def laplace_mechanism(key, value, sensitivity, epsilon):
     """Pure ε-DP Laplace mechanism: value + Lap(b) i.i.d. per entry, b = Δ₁/ε.
 
@@ -251,18 +213,12 @@ def laplace_mechanism(key, value, sensitivity, epsilon):
     ``sensitivity`` and ``epsilon`` are scalars (traced values allowed; out of range gives
     NaN). Bad input: ValueError eagerly.
     """
-    _positive("sensitivity", sensitivity)
-    _positive("epsilon", epsilon)
-    return _laplace_mechanism(key, value, sensitivity, epsilon)
+    value = jnp.asarray(value, float_dtype(value, sensitivity, epsilon))
+    scale = _laplace_scale(sensitivity, epsilon).astype(value.dtype)
+    return value + scale * jax.random.laplace(key, value.shape, value.dtype)
 
 
-@jax.jit
-def _gaussian_mechanism(key, value, sensitivity, epsilon, delta):
-    value = jnp.asarray(value, _float(value, sensitivity, epsilon, delta))
-    sigma = _gaussian_sigma(sensitivity, epsilon, delta).astype(value.dtype)
-    return value + sigma * jax.random.normal(key, value.shape, value.dtype)
-
-
+@with_checked(ranges=_GAUSSIAN)
 def gaussian_mechanism(key, value, sensitivity, epsilon, delta):
     """(ε, δ)-DP Gaussian mechanism (**not** pure ε-DP): value + N(0, σ²) i.i.d. per entry,
     σ = :func:`gaussian_sigma` (Δ₂, ε, δ), ε ∈ (0, 1).
@@ -270,33 +226,27 @@ def gaussian_mechanism(key, value, sensitivity, epsilon, delta):
     The privacy loss between neighbours at L2 distance Δ₂ is N(μ, 2μ), μ = Δ₂²/(2σ²), and
     P[loss > ε] ≤ δ. Bad input: ValueError eagerly, NaN under jit.
     """
-    _positive("sensitivity", sensitivity)
-    _require_epsilon(epsilon, "gaussian")
-    _require_delta(delta)
-    return _gaussian_mechanism(key, value, sensitivity, epsilon, delta)
+    value = jnp.asarray(value, float_dtype(value, sensitivity, epsilon, delta))
+    sigma = _gaussian_sigma(sensitivity, epsilon, delta).astype(value.dtype)
+    return value + sigma * jax.random.normal(key, value.shape, value.dtype)
 
 
 # ----------------------------------------------------------------- the user's side
 
 
-@jax.jit
-def _clip_data(x, y, clip_x, clip_y):
-    dtype = _float(x, y, clip_x, clip_y)
-    x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
-    clip_x, clip_y = jnp.asarray(clip_x, dtype), jnp.asarray(clip_y, dtype)
-    x_c = nan_unless(clip_x > 0, jnp.clip(x, -clip_x, clip_x))
-    y_c = nan_unless(clip_y > 0, jnp.clip(y, -clip_y, clip_y))
-    return x_c, y_c
-
-
+@with_checked(ranges=_CLIPS)
 def clip_data(x, y, clip_x, clip_y):
     """Per-coordinate clipping: x̃ = clip(x, −r, r) (so ‖x̃‖_∞ ≤ r), ỹ = clip(y, −r', r').
 
     ``clip_x`` = r > 0, ``clip_y`` = r' > 0. Any shapes (broadcast against the clip values).
     """
-    _positive("clip_x", clip_x)
-    _positive("clip_y", clip_y)
-    return _clip_data(x, y, clip_x, clip_y)
+    x, y, clip_x, clip_y = as_float(x, y, clip_x, clip_y)
+    x_c = nan_unless(clip_x > 0, jnp.clip(x, -clip_x, clip_x))
+    y_c = nan_unless(clip_y > 0, jnp.clip(y, -clip_y, clip_y))
+    return x_c, y_c
+
+
+_clip_data = clip_data.__wrapped__
 
 
 def upper_triangle(matrices):
@@ -315,6 +265,12 @@ def _symmetric_from_upper(values, d):
     return values[..., position]
 
 
+def _release_checks(d, norm, **_):
+    check_int("d", d, minimum=1)
+    check_choice("norm", norm, (1, 2))
+
+
+@with_checked(ranges=_CLIPS, checks=_release_checks, static_argnames=("d", "norm"))
 def release_sensitivity(d: int, clip_x, clip_y, *, norm: int = 1):
     """Sensitivities (matrix part, vector part) of one user's release, for ‖x̃‖_∞ ≤ r,
     |ỹ| ≤ r'. The matrix part is the upper triangle of x̃x̃ᵀ (d(d+1)/2 numbers).
@@ -322,18 +278,7 @@ def release_sensitivity(d: int, clip_x, clip_y, *, norm: int = 1):
     ``norm=1``: (d² r², 2 d r r'). ``norm=2``: (r² √(2d(d−1) + d), 2 √d r r'). Sound upper
     bounds: each off-diagonal entry has range 2r², each diagonal entry r², each x̃_a ỹ 2 r r'.
     """
-    _require_int("d", d, 1)
-    if norm not in (1, 2):
-        raise ValueError(f"norm must be 1 or 2, got {norm!r}.")
-    _positive("clip_x", clip_x)
-    _positive("clip_y", clip_y)
-    return _release_sensitivity(d, clip_x, clip_y, norm)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _release_sensitivity(d, clip_x, clip_y, norm):
-    dtype = _float(clip_x, clip_y)
-    r, r_y = jnp.asarray(clip_x, dtype), jnp.asarray(clip_y, dtype)
+    r, r_y = as_float(clip_x, clip_y)
     valid = (r > 0) & (r_y > 0)
     if norm == 1:
         matrix, vector = d * d * r**2, 2 * d * r * r_y
@@ -351,12 +296,11 @@ def release_noise_scales(d: int, epsilon, clip_x, clip_y, *, mechanism="laplace"
     ``public=True``: the public-data variant, where only x̃ỹ is released (the matrix scale is
     then NaN). See the module docstring for the accounting.
     """
-    _require_int("d", d, 1)
-    _require_mechanism(mechanism, delta)
-    _require_epsilon(epsilon, mechanism)
-    _positive("clip_x", clip_x)
-    _positive("clip_y", clip_y)
-    _require_share(matrix_share)
+    check_int("d", d, minimum=1)
+    check_mechanism(mechanism, epsilon, delta)
+    for name, value in (("clip_x", clip_x), ("clip_y", clip_y)):
+        require(name, value, *_POSITIVE)
+    _share(matrix_share)
     if public and matrix_share is not None:
         raise ValueError("matrix_share must be None when public=True (no matrix is released).")
     return _noise_scales(d, epsilon, clip_x, clip_y, mechanism, delta, matrix_share, public)
@@ -364,7 +308,7 @@ def release_noise_scales(d: int, epsilon, clip_x, clip_y, *, mechanism="laplace"
 
 def _noise_scales(d, epsilon, clip_x, clip_y, mechanism, delta, matrix_share, public):
     norm = 1 if mechanism == "laplace" else 2
-    s_mat, s_vec = _release_sensitivity(d, clip_x, clip_y, norm)
+    s_mat, s_vec = release_sensitivity.__wrapped__(d, clip_x, clip_y, norm=norm)
     dtype = s_mat.dtype
     epsilon = jnp.asarray(epsilon, dtype)
 
@@ -395,7 +339,7 @@ def _noise(key, shape, mechanism, dtype):
 @functools.partial(jax.jit, static_argnames=("mechanism", "public", "split"))
 def _privatize(key, x, y, epsilon, clip_x, clip_y, delta, matrix_share, *, mechanism, public,
                split):
-    dtype = _float(x, y, epsilon, clip_x, clip_y)
+    dtype = float_dtype(x, y, epsilon, clip_x, clip_y)
     x_c, y_c = _clip_data(jnp.asarray(x, dtype), jnp.asarray(y, dtype), clip_x, clip_y)
     n, d = x_c.shape
     b_mat, b_vec = _noise_scales(d, epsilon, clip_x, clip_y, mechanism, delta,
@@ -409,6 +353,14 @@ def _privatize(key, x, y, epsilon, clip_x, clip_y, delta, matrix_share, *, mecha
     upper = upper + b_mat.astype(dtype) * noise[:, :m]
     vectors = vectors + b_vec.astype(dtype) * noise[:, m:]
     return _symmetric_from_upper(upper, d), vectors
+
+
+def _release_arguments(x, y, epsilon, clip_x, clip_y, mechanism, delta):
+    """The eager checks shared by :func:`privatize_statistics` and :func:`privatize_products`."""
+    _data(x, y)
+    check_mechanism(mechanism, epsilon, delta)
+    for name, value in (("clip_x", clip_x), ("clip_y", clip_y)):
+        require(name, value, *_POSITIVE)
 
 
 def privatize_statistics(key, x, y, epsilon, *, clip_x=1.0, clip_y=1.0, mechanism="laplace",
@@ -428,12 +380,8 @@ def privatize_statistics(key, x, y, epsilon, *, clip_x=1.0, clip_y=1.0, mechanis
     ``epsilon`` (scalar; may be traced, e.g. vmapped: out of range gives NaN), ``clip_x`` = r,
     ``clip_y`` = r'. Returns (matrices [n, d, d], vectors [n, d]).
     """
-    _require_data(x, y)
-    _require_mechanism(mechanism, delta)
-    _require_epsilon(epsilon, mechanism)
-    _positive("clip_x", clip_x)
-    _positive("clip_y", clip_y)
-    _require_share(matrix_share)
+    _release_arguments(x, y, epsilon, clip_x, clip_y, mechanism, delta)
+    _share(matrix_share)
     return _privatize(key, x, y, epsilon, clip_x, clip_y, delta,
                       0.5 if matrix_share is None else matrix_share,
                       mechanism=mechanism, public=False, split=matrix_share is not None)
@@ -446,11 +394,7 @@ def privatize_products(key, x, y, epsilon, *, clip_x=1.0, clip_y=1.0, mechanism=
     Laplace (pure ε-LDP): Lap(2 d r r'/ε). Gaussian ((ε, δ)-LDP only): σ = 2√d r r'
     √(2 ln(1.25/δ))/ε. Returns vectors [n, d]. Arguments as :func:`privatize_statistics`.
     """
-    _require_data(x, y)
-    _require_mechanism(mechanism, delta)
-    _require_epsilon(epsilon, mechanism)
-    _positive("clip_x", clip_x)
-    _positive("clip_y", clip_y)
+    _release_arguments(x, y, epsilon, clip_x, clip_y, mechanism, delta)
     return _privatize(key, x, y, epsilon, clip_x, clip_y, delta, 0.5,
                       mechanism=mechanism, public=True, split=False)
 
@@ -468,15 +412,13 @@ def _hard_threshold(v, k):
 def hard_threshold(v, k: int):
     """H_k(v): keep the k entries of largest magnitude along the last axis, zero the rest."""
     d = jnp.shape(v)[-1] if jnp.ndim(v) else 0
-    _require_int("k", k, 1, d)
+    check_int("k", k, minimum=1, maximum=d)
     return _hard_threshold(v, k)
 
 
 @functools.partial(jax.jit, static_argnames=("k", "method", "num_iters"))
 def _sparse_estimate(cov, xy, k, min_eigenvalue, *, method, num_iters):
-    dtype = _float(cov, xy, min_eigenvalue)
-    cov, xy = jnp.asarray(cov, dtype), jnp.asarray(xy, dtype)
-    floor = jnp.asarray(min_eigenvalue, dtype)
+    cov, xy, floor = as_float(cov, xy, min_eigenvalue)
     sym = (cov + jnp.swapaxes(cov, -1, -2)) / 2
     evals, evecs = jnp.linalg.eigh(sym)
     evals = jnp.maximum(evals, floor)
@@ -504,16 +446,13 @@ def sparse_estimate(cov, xy, k: int, *, method="iht", min_eigenvalue=1e-2,
     ``method="iht"``: ``num_iters`` steps of β ← H_k(β − (Σ̄β − ĉ)/λ_max(Σ̄)) from 0.
     Post-processing only (no privacy cost). vmap over a leading batch axis for many problems.
     """
-    if jnp.ndim(cov) != 2 or jnp.shape(cov)[0] != jnp.shape(cov)[1]:
-        raise ValueError(f"cov must have shape [d, d], got {jnp.shape(cov)}.")
-    d = jnp.shape(cov)[0]
-    if jnp.shape(xy) != (d,):
-        raise ValueError(f"xy must have shape [d] = ({d},), got {jnp.shape(xy)}.")
-    _require_int("k", k, 1, d)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    _require_int("num_iters", num_iters, 1)
-    _positive("min_eigenvalue", min_eigenvalue)
+    d = check_matrix("cov", cov, kind="numeric").shape[0]
+    check_shape("cov", cov, (d, d), " (square)")
+    check_shape("xy", xy, (d,), " like cov")
+    check_int("k", k, minimum=1, maximum=d)
+    check_choice("method", method, METHODS)
+    check_int("num_iters", num_iters, minimum=1)
+    require("min_eigenvalue", min_eigenvalue, *_POSITIVE)
     return _sparse_estimate(cov, xy, k, min_eigenvalue, method=method, num_iters=num_iters)
 
 
@@ -528,8 +467,8 @@ def ldp_sparse_regression(key, x, y, k: int, epsilon, *, clip_x=1.0, clip_y=1.0,
     release only x̃ỹ (:func:`privatize_products`) with the whole ε. Pure ε-LDP with
     ``mechanism="laplace"``; (ε, δ)-LDP with ``mechanism="gaussian"``. Returns β̂ [d].
     """
-    _require_data(x, y)
-    _require_int("k", k, 1, jnp.shape(x)[1])
+    _data(x, y)
+    check_int("k", k, minimum=1, maximum=jnp.shape(x)[1])
     common = dict(clip_x=clip_x, clip_y=clip_y, mechanism=mechanism, delta=delta)
     if public_x is None:
         mats, vecs = privatize_statistics(key, x, y, epsilon, matrix_share=matrix_share,
@@ -551,11 +490,10 @@ def ldp_sparse_regression(key, x, y, k: int, epsilon, *, clip_x=1.0, clip_y=1.0,
 def make_sparse_regression(key, n: int, beta, *, design="rademacher", noise_std=0.5):
     """Synthetic sub-Gaussian data: x [n, d] with i.i.d. Rademacher (±1) or standard Gaussian
     entries (Σ = I), y = xβ + N(0, noise_std²). Returns (x, y)."""
-    _require_int("n", n, 1)
-    if design not in ("rademacher", "gaussian"):
-        raise ValueError(f"design must be 'rademacher' or 'gaussian', got {design!r}.")
+    check_int("n", n, minimum=1)
+    check_choice("design", design, ("rademacher", "gaussian"))
     require("noise_std", noise_std, lambda v: v >= 0, ">= 0")
-    return _make_data(key, n, jnp.asarray(beta, _float(beta)), noise_std, design=design)
+    return _make_data(key, n, *as_float(beta), noise_std, design=design)
 
 
 @functools.partial(jax.jit, static_argnames=("n", "design"))
@@ -573,52 +511,20 @@ def _make_data(key, n, beta, noise_std, *, design):
 # --------------------------------------------------------------- rate calculators
 
 
-def _rate_args(n, d, k, epsilon, constant):
-    require("n", n, lambda v: v > 0, "> 0")
-    require("d", d, lambda v: v >= 1, ">= 1")
-    require("k", k, lambda v: v >= 1, ">= 1")
-    _positive("epsilon", epsilon)
-    _positive("constant", constant)
-    if not (is_traced(d) or is_traced(k)):
-        d_a, k_a = np.broadcast_arrays(np.asarray(d), np.asarray(k))
-        if np.any(k_a > d_a):
-            raise ValueError(f"k must be <= d, got k = {np.ravel(k_a[k_a > d_a])[:5]!r} with "
-                             f"d = {np.ravel(d_a[k_a > d_a])[:5]!r}.")
+_RATE = {"n": _POSITIVE, "d": (lambda v: v >= 1, ">= 1"), "k": (lambda v: v >= 1, ">= 1"),
+         "epsilon": _POSITIVE, "constant": _POSITIVE}
+_rate = with_checked(lambda k, d, **_: [(jnp.asarray(k) <= jnp.asarray(d), "k must be <= d")],
+                     ranges=_RATE, checks=lambda k, d, **_: check_at_most("k", k, "d", d))
 
 
 def _rate_prepare(n, d, k, epsilon, constant):
-    dtype = _float(n, d, k, epsilon, constant)
-    n, d, k, epsilon, constant = (jnp.asarray(v, dtype) for v in (n, d, k, epsilon, constant))
-    valid = (n > 0) & (d >= 1) & (k >= 1) & (k <= d) & (epsilon > 0) & (constant > 0)
+    n, d, k, epsilon, constant = as_float(n, d, k, epsilon, constant)
+    valid = in_ranges(_RATE, n=n, d=d, k=k, epsilon=epsilon, constant=constant) & (k <= d)
     safe = lambda v: jnp.where(valid, v, 1)
     return valid, safe(n), safe(d), safe(k), safe(epsilon), safe(constant)
 
 
-@jax.jit
-def _nldp_lower(n, d, k, epsilon, constant):
-    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
-    return nan_unless(valid, c * jnp.sqrt(d * k * jnp.log(d)) / (jnp.sqrt(n) * e))
-
-
-@jax.jit
-def _nldp_upper(n, d, k, epsilon, constant, public_data):
-    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
-    d_factor = jnp.where(public_data, jnp.sqrt(d), d)
-    return nan_unless(valid, c * d_factor * jnp.sqrt(k) / (jnp.sqrt(n) * e))
-
-
-@jax.jit
-def _interactive_lower(n, d, k, epsilon, constant):
-    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
-    return nan_unless(valid, c * jnp.sqrt(d * k) / (jnp.sqrt(n) * e))
-
-
-@jax.jit
-def _interactive_upper(n, d, k, epsilon, constant):
-    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
-    return nan_unless(valid, c * k * jnp.sqrt(d) / (jnp.sqrt(n) * e))
-
-
+@_rate
 def nldp_lower_bound(n, d, k, epsilon, *, constant=1.0):
     """Non-interactive ε-LDP minimax lower bound on ‖β̂ − β*‖₂ (Zhu et al. 2024, Thm 1):
     C √(d k log d) / (√n ε), sub-Gaussian data, k-sparse β* (natural log; 0 at d = 1).
@@ -626,58 +532,38 @@ def nldp_lower_bound(n, d, k, epsilon, *, constant=1.0):
     Broadcasts; n > 0, 1 ≤ k ≤ d, ε > 0, C = ``constant`` > 0. Bad input: ValueError
     eagerly, NaN under jit (see :func:`checked_nldp_lower_bound`).
     """
-    _rate_args(n, d, k, epsilon, constant)
-    return _nldp_lower(n, d, k, epsilon, constant)
+    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
+    return nan_unless(valid, c * jnp.sqrt(d * k * jnp.log(d)) / (jnp.sqrt(n) * e))
 
 
+@_rate
 def nldp_upper_bound(n, d, k, epsilon, *, constant=1.0, public_data=False):
     """Non-interactive LDP upper bound of the paper's algorithm (up to logarithms):
     C d √k / (√n ε); with public unlabeled data (``public_data=True``) improved by √d to
     C √(d k) / (√n ε). Same conventions as :func:`nldp_lower_bound`.
     """
-    _rate_args(n, d, k, epsilon, constant)
-    return _nldp_upper(n, d, k, epsilon, constant, public_data)
+    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
+    d_factor = jnp.where(public_data, jnp.sqrt(d), d)
+    return nan_unless(valid, c * d_factor * jnp.sqrt(k) / (jnp.sqrt(n) * e))
 
 
+@_rate
 def interactive_lower_bound(n, d, k, epsilon, *, constant=1.0):
     """Sequentially interactive ε-LDP lower bound: C √(d k) / (√n ε). Conventions as
     :func:`nldp_lower_bound`."""
-    _rate_args(n, d, k, epsilon, constant)
-    return _interactive_lower(n, d, k, epsilon, constant)
+    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
+    return nan_unless(valid, c * jnp.sqrt(d * k) / (jnp.sqrt(n) * e))
 
 
+@_rate
 def interactive_upper_bound(n, d, k, epsilon, *, constant=1.0):
     """Sequentially interactive LDP upper bound (up to logarithms): C k √d / (√n ε).
     Conventions as :func:`nldp_lower_bound`."""
-    _rate_args(n, d, k, epsilon, constant)
-    return _interactive_upper(n, d, k, epsilon, constant)
+    valid, n, d, k, e, c = _rate_prepare(n, d, k, epsilon, constant)
+    return nan_unless(valid, c * k * jnp.sqrt(d) / (jnp.sqrt(n) * e))
 
 
-def _rate_conditions(n, d, k, epsilon, constant=1.0, public_data=False):
-    n, d, k, epsilon, constant = map(jnp.asarray, (n, d, k, epsilon, constant))
-    return [(n > 0, "n must be > 0"), (d >= 1, "d must be >= 1"),
-            ((k >= 1) & (k <= d), "k must be in [1, d]"), (epsilon > 0, "epsilon must be > 0"),
-            (constant > 0, "constant must be > 0")]
-
-
-def _checked_rate(core, with_public=False):
-    if with_public:
-        def fn(n, d, k, epsilon, constant=1.0, public_data=False):
-            return core(n, d, k, epsilon, constant, public_data)
-    else:
-        def fn(n, d, k, epsilon, constant=1.0):
-            return core(n, d, k, epsilon, constant)
-    fn.__name__ = core.__name__.lstrip("_")
-    return make_checked(fn, _rate_conditions)
-
-
-checked_nldp_lower_bound = _checked_rate(_nldp_lower)
-checked_nldp_upper_bound = _checked_rate(_nldp_upper, with_public=True)
-checked_interactive_lower_bound = _checked_rate(_interactive_lower)
-checked_interactive_upper_bound = _checked_rate(_interactive_upper)
-checked_laplace_scale = make_checked(_laplace_scale, lambda s, e: [
-    (jnp.asarray(s) > 0, "sensitivity must be > 0"), (jnp.asarray(e) > 0, "epsilon must be > 0")])
-checked_gaussian_sigma = make_checked(_gaussian_sigma, lambda s, e, d: [
-    (jnp.asarray(s) > 0, "sensitivity must be > 0"),
-    ((jnp.asarray(e) > 0) & (jnp.asarray(e) < 1), "epsilon must be in (0, 1)"),
-    ((jnp.asarray(d) > 0) & (jnp.asarray(d) < 1), "delta must be in (0, 1)")])
+checked_nldp_lower_bound = nldp_lower_bound.checked
+checked_nldp_upper_bound = nldp_upper_bound.checked
+checked_interactive_lower_bound = interactive_lower_bound.checked
+checked_interactive_upper_bound = interactive_upper_bound.checked

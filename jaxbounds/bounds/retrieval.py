@@ -44,7 +44,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxbounds._checks import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import (
+    check_choice,
+    check_int,
+    check_matrix,
+    is_traced,
+    nan_unless,
+    require,
+    with_checked,
+)
+from jaxbounds._dtypes import as_float
 
 __all__ = [
     "FIT_COEFFICIENTS",
@@ -78,6 +87,7 @@ POSITIVE_REDUCTIONS = ("mean", "logsumexp")
 # --- the paper's fit ----------------------------------------------------------------------
 
 
+@with_checked(ranges={"d": (lambda x: x > 0, "positive (an embedding dimension)")})
 def critical_n_fit(d):
     """The paper's fit of the critical ``n`` for top-2 retrieval at embedding dimension ``d``:
 
@@ -91,37 +101,27 @@ def critical_n_fit(d):
     A concrete ``d ≤ 0`` raises ``ValueError``; a traced one gives NaN (see
     :func:`checked_critical_n_fit`).
     """
-    require("d", d, lambda x: x > 0, "positive (an embedding dimension)")
-    d = jnp.asarray(d)
-    d = d if jnp.issubdtype(d.dtype, jnp.floating) else d.astype(jnp.result_type(float))
+    (d,) = as_float(d)
     c0, c1, c2, c3 = FIT_COEFFICIENTS
     value = c0 + d * (c1 + d * (c2 + d * c3))
     return nan_unless(d > 0, value)
 
 
-checked_critical_n_fit = make_checked(
-    critical_n_fit, lambda d: [(jnp.asarray(d) > 0, "d must be positive")])
+checked_critical_n_fit = critical_n_fit.checked
 
 
 # --- sign rank ----------------------------------------------------------------------------
 
+_BINARY = (lambda a: (a == 0) | (a == 1), "binary (entries 0 or 1)")
+_SIGNS = (lambda a: (a == 1) | (a == -1), "a ±1 matrix")
 
-def _check_qrels(qrels, name: str = "qrels") -> np.ndarray:
+
+def _qrels(qrels) -> np.ndarray:
+    """A concrete binary [queries, docs] matrix (it fixes shapes), as a NumPy bool array."""
     if is_traced(qrels):
-        raise TypeError(f"{name} must be a concrete array (it fixes shapes), got a tracer.")
-    require(name, qrels, lambda a: (a == 0) | (a == 1), "binary (entries 0 or 1)")
-    array = np.asarray(qrels)
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(
-            f"{name} must be a non-empty 2-D [queries, docs] matrix, got shape {array.shape}.")
-    return array.astype(bool)
-
-
-def _check_sign_matrix(sign_matrix, name: str = "sign_matrix") -> None:
-    shape = np.shape(sign_matrix)
-    if len(shape) != 2 or 0 in shape:
-        raise ValueError(f"{name} must be a non-empty 2-D matrix, got shape {shape}.")
-    require(name, sign_matrix, lambda a: (a == 1) | (a == -1), "a ±1 matrix")
+        raise TypeError("qrels must be a concrete array (it fixes shapes), got a tracer.")
+    require("qrels", qrels, *_BINARY)
+    return check_matrix("qrels", np.asarray(qrels), kind=None).astype(bool)
 
 
 def forster_lower_bound(sign_matrix, *, rtol: float | None = None):
@@ -132,11 +132,9 @@ def forster_lower_bound(sign_matrix, *, rtol: float | None = None):
     the returned value never exceeds the exact bound: it is sound, and so is its ceiling.
     Pure and jittable (under ``jit`` the ±1 check is skipped).
     """
-    if not is_traced(sign_matrix):
-        _check_sign_matrix(sign_matrix)
-    m = jnp.asarray(sign_matrix)
-    if not jnp.issubdtype(m.dtype, jnp.floating):
-        m = m.astype(jnp.result_type(float))
+    check_matrix("sign_matrix", sign_matrix, kind=None)
+    require("sign_matrix", sign_matrix, *_SIGNS)
+    (m,) = as_float(sign_matrix)
     rows, cols = m.shape
     if rtol is None:
         rtol = 8.0 * float(jnp.finfo(m.dtype).eps) * max(rows, cols)
@@ -218,7 +216,7 @@ def _factorization_fit(keys, sign_matrix, rank, width, row_threshold, steps, lr,
     return jax.vmap(one)(keys)
 
 
-def find_sign_factorization(key, sign_matrix, rank: int, *, row_threshold: bool = False,
+def find_sign_factorization(sign_matrix, rank: int, *, key, row_threshold: bool = False,
                             steps: int = 2000, restarts: int = 4,
                             learning_rate: float = 0.05, margin: float = 1e-3,
                             width: int | None = None):
@@ -231,9 +229,10 @@ def find_sign_factorization(key, sign_matrix, rank: int, *, row_threshold: bool 
     certifies, or ``None``. A result proves ``rank±(S) ≤ rank`` (``≤ rank + 1`` and
     ``rank_rt ≤ rank`` with the threshold); ``None`` proves nothing.
     """
-    _check_sign_matrix(sign_matrix)
-    for name, value, low in (("rank", rank, 1), ("steps", steps, 1), ("restarts", restarts, 1)):
-        _require_int(name, value, low)
+    check_matrix("sign_matrix", sign_matrix, kind=None)
+    require("sign_matrix", sign_matrix, *_SIGNS)
+    for name, value in (("rank", rank), ("steps", steps), ("restarts", restarts)):
+        check_int(name, value, minimum=1)
     require("learning_rate", learning_rate, lambda x: x > 0, "positive")
     s = jnp.asarray(np.asarray(sign_matrix), jnp.float32)
     keys = jax.random.split(key, restarts)
@@ -312,13 +311,13 @@ def sign_rank_bounds(qrels, *, key=None, max_rank: int | None = None, steps: int
     A driver, not jittable (the search is a Python loop over jitted fits); ``key`` seeds
     the fits (default ``PRNGKey(0)``).
     """
-    a = _check_qrels(qrels)
+    a = _qrels(qrels)
     m, n = a.shape
-    _require_int("steps", steps, 1)
-    _require_int("restarts", restarts, 1)
+    check_int("steps", steps, minimum=1)
+    check_int("restarts", restarts, minimum=1)
     trivial = min(m, n)
     if max_rank is not None:
-        _require_int("max_rank", max_rank, 1)
+        check_int("max_rank", max_rank, minimum=1)
     cap = trivial if max_rank is None else min(max_rank + 1, trivial)
     key = jax.random.PRNGKey(0) if key is None else key
     sign = np.where(a, 1.0, -1.0)
@@ -337,7 +336,7 @@ def sign_rank_bounds(qrels, *, key=None, max_rank: int | None = None, steps: int
         def attempt(r):
             if r < 1:
                 return None
-            return find_sign_factorization(jax.random.fold_in(base_key, r), sign, r,
+            return find_sign_factorization(sign, r, key=jax.random.fold_in(base_key, r),
                                            row_threshold=row_threshold, steps=steps,
                                            restarts=restarts, learning_rate=learning_rate,
                                            width=trivial)
@@ -362,16 +361,10 @@ def sign_rank_bounds(qrels, *, key=None, max_rank: int | None = None, steps: int
 # --- free embeddings ----------------------------------------------------------------------
 
 
-def _require_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-    require(name, value, lambda x: x >= minimum, f"≥ {minimum}")
-
-
 def all_k_subsets(n: int, k: int) -> np.ndarray:
     """Every ``k``-subset of ``range(n)``, lexicographic: an int32 array ``[C(n, k), k]``."""
-    _require_int("n", n, 1)
-    _require_int("k", k, 1)
+    check_int("n", n, minimum=1)
+    check_int("k", k, minimum=1)
     if k > n:
         raise ValueError(f"k must be ≤ n (a query's top-k set needs k documents), "
                          f"got k={k} > n={n}.")
@@ -505,17 +498,20 @@ def _free_embedding_fit(key, qrels, *, d, temperature, learning_rate, max_steps,
                                queries=params[0], docs=params[1])
 
 
-def _check_fit_settings(d, temperature, learning_rate, max_steps, patience, min_delta,
-                        positive_reduction) -> None:
-    _require_int("d", d, 1)
+def _fit(key, qrels, *, d, temperature, learning_rate, max_steps, patience, min_delta,
+         positive_reduction, dtype) -> FreeEmbeddingResult:
+    """Check the optimisation settings, then run :func:`_free_embedding_fit`."""
+    check_int("d", d, minimum=1)
     require("temperature", temperature, lambda x: x > 0, "positive")
     require("learning_rate", learning_rate, lambda x: x > 0, "positive")
-    _require_int("max_steps", max_steps, 1)
-    _require_int("patience", patience, 1)
-    require("min_delta", min_delta, lambda x: x >= 0, "≥ 0")
-    if positive_reduction not in POSITIVE_REDUCTIONS:
-        raise ValueError(f"positive_reduction must be one of {POSITIVE_REDUCTIONS}, "
-                         f"got {positive_reduction!r}.")
+    check_int("max_steps", max_steps, minimum=1)
+    check_int("patience", patience, minimum=1)
+    require("min_delta", min_delta, lambda x: x >= 0, ">= 0")
+    check_choice("positive_reduction", positive_reduction, POSITIVE_REDUCTIONS)
+    return _free_embedding_fit(key, qrels, d=d, temperature=float(temperature),
+                               learning_rate=float(learning_rate), max_steps=max_steps,
+                               patience=patience, min_delta=float(min_delta),
+                               positive_reduction=positive_reduction, dtype=dtype)
 
 
 def free_embedding_fit(qrels, d: int, *, key, temperature: float = 0.1,
@@ -537,13 +533,9 @@ def free_embedding_fit(qrels, d: int, *, key, temperature: float = 0.1,
     jit-compiled end to end: the optimisation is a single ``lax.while_loop`` whose carry
     is (params, opt_state, loss, best loss, steps since improvement, step, success).
     """
-    a = _check_qrels(qrels)
-    _check_fit_settings(d, temperature, learning_rate, max_steps, patience, min_delta,
-                        positive_reduction)
-    return _free_embedding_fit(key, jnp.asarray(a), d=d, temperature=float(temperature),
-                               learning_rate=float(learning_rate), max_steps=max_steps,
-                               patience=patience, min_delta=float(min_delta),
-                               positive_reduction=positive_reduction, dtype=dtype)
+    return _fit(key, jnp.asarray(_qrels(qrels)), d=d, temperature=temperature,
+                learning_rate=learning_rate, max_steps=max_steps, patience=patience,
+                min_delta=min_delta, positive_reduction=positive_reduction, dtype=dtype)
 
 
 def free_embedding_experiment(n: int, d: int, k: int = 2, *, key,
@@ -561,24 +553,21 @@ def free_embedding_experiment(n: int, d: int, k: int = 2, *, key,
     whole run is one jitted ``while_loop``, also when this function is itself jitted with
     static ``n, d, k``. ``max_queries`` guards against ``C(n, k)`` blowing up memory.
     """
-    _require_int("n", n, 1)
-    _require_int("d", d, 1)
-    _require_int("k", k, 1)
+    check_int("n", n, minimum=1)
+    check_int("d", d, minimum=1)
+    check_int("k", k, minimum=1)
     if k > n:
         raise ValueError(f"k must be ≤ n (a query's top-k set needs k documents), "
                          f"got k={k} > n={n}.")
-    _require_int("max_queries", max_queries, 1)
+    check_int("max_queries", max_queries, minimum=1)
     m = math.comb(n, k)
     if m > max_queries:
         raise ValueError(f"n={n}, k={k} gives C(n, k)={m:,} queries, more than "
                          f"max_queries={max_queries:,}.")
-    _check_fit_settings(d, temperature, learning_rate, max_steps, patience, min_delta,
-                        positive_reduction)
     qrels = qrels_from_subsets(all_k_subsets(n, k), n)
-    return _free_embedding_fit(key, qrels, d=d, temperature=float(temperature),
-                               learning_rate=float(learning_rate), max_steps=max_steps,
-                               patience=patience, min_delta=float(min_delta),
-                               positive_reduction=positive_reduction, dtype=dtype)
+    return _fit(key, qrels, d=d, temperature=temperature, learning_rate=learning_rate,
+                max_steps=max_steps, patience=patience, min_delta=min_delta,
+                positive_reduction=positive_reduction, dtype=dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -620,13 +609,13 @@ def critical_n_search(d: int, k: int = 2, *, key, initial_n: int | None = None,
     retries a failed ``n`` from new random starts (``fold_in(fold_in(key, n), r)``),
     success if any succeeds; the paper uses one. ``callback`` receives each run's summary.
     """
-    _require_int("d", d, 1)
-    _require_int("k", k, 1)
-    _require_int("max_n", max_n, k)
-    _require_int("restarts", restarts, 1)
+    check_int("d", d, minimum=1)
+    check_int("k", k, minimum=1)
+    check_int("max_n", max_n, minimum=k)
+    check_int("restarts", restarts, minimum=1)
     if initial_n is None:
         initial_n = max(k + 1, round(float(critical_n_fit(d))) if d >= 4 and k == 2 else k + 1)
-    _require_int("initial_n", initial_n, k)
+    check_int("initial_n", initial_n, minimum=k)
     initial_n = min(initial_n, max_n)
     started = time.perf_counter()
     evaluations: dict[int, dict[str, Any]] = {}
@@ -706,12 +695,12 @@ def neighborly_embedding(n: int, k: int = 2, d: int | None = None, *, dtype=None
     Returns ``(queries [C(n,k), d], docs [n, d], qrels [C(n,k), n])``. Use float64
     (``jax_enable_x64``) for large ``n``: the margins shrink like ``n^{−2k}``.
     """
-    _require_int("n", n, 1)
-    _require_int("k", k, 1)
+    check_int("n", n, minimum=1)
+    check_int("k", k, minimum=1)
     if k > n:
         raise ValueError(f"k must be ≤ n, got k={k} > n={n}.")
     d = 2 * k if d is None else d
-    _require_int("d", d, 2 * k)
+    check_int("d", d, minimum=2 * k)
     dtype = jnp.result_type(float) if dtype is None else jnp.dtype(dtype)
     subsets = all_k_subsets(n, k)
     queries, docs = _neighborly(jnp.asarray(subsets), n=n, k=k, d=d, dtype=dtype)

@@ -76,12 +76,12 @@ explicit ``jax.random`` key.
 
 Bad input
 ---------
-Static arguments are checked eagerly (DESIGN.md, "Bad input") and raise ``ValueError`` or
-``TypeError`` naming the argument, the value and the expectation: m ≤ 0, n < m,
-``max_batches`` < 1, δ ∉ (0, 1), η ∉ (0, 1), mismatched shapes, a callable basis without
-``christoffel_bound``. Traced δ, η (under ``jit``/``vmap``): :func:`sample_size` and
-:func:`c_delta` return NaN (``checked_sample_size`` raises instead), :func:`is_stable`
-returns False, and :func:`repeated_dpp_sample` returns NaN points.
+Static arguments are checked eagerly and raise ``ValueError`` or ``TypeError`` naming the
+argument, the value and the expectation: m ≤ 0, n < m, ``max_batches`` < 1, δ ∉ (0, 1), η
+∉ (0, 1), mismatched shapes, a callable basis without ``christoffel_bound``. Traced δ, η
+(under ``jit``/``vmap``): :func:`sample_size` and :func:`c_delta` return NaN
+(``checked_sample_size`` raises instead), :func:`is_stable` returns False, and
+:func:`repeated_dpp_sample` returns NaN points.
 """
 
 from __future__ import annotations
@@ -95,7 +95,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbounds._checks import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import (
+    check_array,
+    check_int,
+    check_key,
+    check_shape,
+    is_traced,
+    nan_unless,
+    require,
+    with_checked,
+)
+from jaxbounds._dtypes import as_float
 
 __all__ = [
     "MAX_REJECTION_ROUNDS",
@@ -126,22 +136,14 @@ Basis = int | Callable
 # ----------------------------------------------------------------------------- helpers
 
 
-def _float_dtype(*values):
-    floats = [v for v in values if jnp.issubdtype(jnp.result_type(v), jnp.floating)]
-    return jnp.result_type(*floats, float)
+_OPEN01 = (lambda v: (v > 0) & (v < 1), "in (0, 1)")
 
 
-def _require_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} ({value!r}).")
-    require(name, value, lambda v: v >= minimum, f">= {minimum}")
-    return int(value)
-
-
-def _require_basis(basis) -> Basis:
+def _as_basis(basis) -> Basis:
+    """A callable basis as is, else the Legendre dimension m checked as an int >= 1."""
     if callable(basis):
         return basis
-    return _require_positive_int("basis (the dimension m)", basis)
+    return check_int("basis (the dimension m)", basis, minimum=1)
 
 
 def _features(basis: Basis, x):
@@ -158,7 +160,7 @@ def _dimension(basis: Basis) -> int:
     return int(shape[1])
 
 
-def _require_sampler(basis: Basis, christoffel_bound):
+def _envelope_bound(basis: Basis, christoffel_bound):
     """The static envelope constant: None for Legendre, float B for a callable basis."""
     if isinstance(basis, int):
         return None
@@ -182,16 +184,6 @@ def _envelope(x, m, bound):
     return jnp.ones_like(x) / (m * bound)
 
 
-def _key(key):
-    if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    key = jnp.asarray(key)
-    if key.dtype != jnp.uint32 or key.shape[-1:] != (2,):
-        raise TypeError(f"key must be a jax.random key, got dtype {key.dtype} and shape "
-                        f"{key.shape}.")
-    return jax.random.wrap_key_data(key)
-
-
 # ---------------------------------------------------------------------- basis and density
 
 
@@ -200,7 +192,7 @@ _UNROLL = 64  # up to this m the recurrence is unrolled, beyond it a lax.scan
 
 @functools.partial(jax.jit, static_argnums=1)
 def _legendre(x, m):
-    x = jnp.asarray(x, _float_dtype(x))
+    (x,) = as_float(x)
     rows = [jnp.ones_like(x), x][:m]
     if m <= _UNROLL:  # unrolled: compiles faster inside the samplers' loops
         for j in range(1, m - 1):  # (j + 1) P_{j+1} = (2j + 1) x P_j − j P_{j−1}
@@ -225,13 +217,13 @@ def legendre_basis(x, m: int):
     (j + 1) P_{j+1}(x) = (2j + 1) x P_j(x) − j P_{j−1}(x), P_0 = 1, P_1 = x (stable on
     [−1, 1]; ``lax.scan``, jit-compiled). ``x`` of shape [...] gives [..., m].
     """
-    m = _require_positive_int("m", m)
+    m = check_int("m", m, minimum=1)
     return _legendre(x, m)
 
 
 def christoffel_function(x, basis: Basis):
     r"""k_m(x) = Σ_j φ_j(x)² = K(x, x), the inverse Christoffel function (shape of ``x``)."""
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     return jnp.sum(_features(basis, x) ** 2, axis=-1)
 
 
@@ -241,35 +233,23 @@ def christoffel_density(x, basis: Basis):
     For Legendre, ρ_m(±1) = m, and in the interior ρ_m(x) → 2/(π√(1 − x²)) as m → ∞ (the
     arcsine law, written as a density w.r.t. μ = dx/2).
     """
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     return christoffel_function(x, basis) / _dimension(basis)
 
 
 def optimal_weights(x, basis: Basis):
     r"""w(x) = m / k_m(x), the weights that make E[G] = I under ρ_m sampling."""
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     return _dimension(basis) / christoffel_function(x, basis)
 
 
 def projection_kernel(x, y, basis: Basis):
     r"""K(x, y) = Σ_j φ_j(x) φ_j(y) for all pairs: [len(x), len(y)]."""
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     return _features(basis, x) @ _features(basis, y).T
 
 
 # ------------------------------------------------------------------ least squares, Gram
-
-
-def _check_points(x, w=None, y=None):
-    if jnp.ndim(x) != 1:
-        raise ValueError(f"x must be a 1-d array of points, got shape {jnp.shape(x)}.")
-    n = jnp.shape(x)[0]
-    if w is not None and jnp.shape(w) != (n,):
-        raise ValueError(f"w must have shape ({n},) like x, got {jnp.shape(w)}.")
-    if y is not None and (jnp.ndim(y) not in (1, 2) or jnp.shape(y)[0] != n):
-        raise ValueError(f"y must have shape ({n},) or ({n}, k), got {jnp.shape(y)}.")
-    if w is not None:
-        require("w", w, lambda v: v >= 0, ">= 0")
 
 
 @functools.partial(jax.jit, static_argnums=2)
@@ -280,21 +260,23 @@ def _gram(x, w, basis):
 
 def gram_matrix(x, w, basis: Basis):
     r"""G = (1/n) Σ_i w_i φ(x_i) φ(x_i)ᵀ, [m, m] (E[G] = I for the optimal samplers)."""
-    basis = _require_basis(basis)
-    _check_points(x, w)
+    basis = _as_basis(basis)
+    n = check_array("x", x, ndim=1, kind=None).shape[0]
+    check_shape("w", w, (n,), " like x")
+    require("w", w, lambda v: v >= 0, ">= 0")
     return _gram(x, w, basis)
 
 
 @jax.jit
 def gram_deviation(G):
     r"""‖G − I‖₂ = max_i |λ_i(G) − 1| for a symmetric G (``eigvalsh``)."""
-    G = jnp.asarray(G, _float_dtype(G))
+    (G,) = as_float(G)
     return jnp.max(jnp.abs(jnp.linalg.eigvalsh(G) - 1), axis=-1)
 
 
 def is_stable(G, delta):
     r"""The stability condition ‖G − I‖₂ ≤ δ (δ ∈ (0, 1)); a traced bad δ gives False."""
-    require("delta", delta, lambda d: (d > 0) & (d < 1), "in (0, 1)")
+    require("delta", delta, *_OPEN01)
     if jnp.ndim(G) < 2 or jnp.shape(G)[-1] != jnp.shape(G)[-2]:
         raise ValueError(f"G must be a square matrix [..., m, m], got shape {jnp.shape(G)}.")
     valid = (delta > 0) & (delta < 1)
@@ -303,11 +285,11 @@ def is_stable(G, delta):
 
 @functools.partial(jax.jit, static_argnums=3)
 def _wls(x, y, w, basis):
-    dtype = _float_dtype(x, y, w)
-    phi = _features(basis, jnp.asarray(x, dtype))
-    root = jnp.sqrt(jnp.asarray(w, dtype))
+    x, y, w = as_float(x, y, w)
+    phi = _features(basis, x)
+    root = jnp.sqrt(w)
     a = phi * root[:, None]
-    b = jnp.asarray(y, dtype) * (root if jnp.ndim(y) == 1 else root[:, None])
+    b = y * (root if jnp.ndim(y) == 1 else root[:, None])
     return jnp.linalg.lstsq(a, b)[0]
 
 
@@ -318,14 +300,18 @@ def weighted_least_squares(x, y, w, basis: Basis):
     e.g. when n < m or points coincide). The approximation is f̂ = Σ_j ĉ_j φ_j
     (:func:`evaluate`). Exact (up to rounding) when y = φ(x)ᵀc for some c and G is invertible.
     """
-    basis = _require_basis(basis)
-    _check_points(x, w, y)
+    basis = _as_basis(basis)
+    n = check_array("x", x, ndim=1, kind=None).shape[0]
+    check_shape("w", w, (n,), " like x")
+    require("w", w, lambda v: v >= 0, ">= 0")
+    check_array("y", y, ndim=(1, 2), kind=None)
+    check_shape("y", y, (n,) + (None,) * (jnp.ndim(y) - 1), " like x")
     return _wls(x, y, w, basis)
 
 
 def evaluate(x, coefficients, basis: Basis):
     r"""f̂(x) = Σ_j c_j φ_j(x)."""
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     return _features(basis, x) @ coefficients
 
 
@@ -338,20 +324,12 @@ def _c_delta(delta):
 
 def c_delta(delta):
     r"""c_δ = (1 + δ) ln(1 + δ) − δ (matrix Chernoff constant), δ ∈ (0, 1); NaN if traced bad."""
-    require("delta", delta, lambda d: (d > 0) & (d < 1), "in (0, 1)")
-    delta = jnp.asarray(delta, _float_dtype(delta))
-    return nan_unless((delta > 0) & (delta < 1), _c_delta(delta))
+    require("delta", delta, *_OPEN01)
+    (delta,) = as_float(delta)
+    return nan_unless(_OPEN01[0](delta), _c_delta(delta))
 
 
-@jax.jit
-def _sample_size(m, delta, eta):
-    dtype = _float_dtype(delta, eta, 1.0)
-    m, delta, eta = (jnp.asarray(v, dtype) for v in (m, delta, eta))
-    value = jnp.ceil(m * jnp.log(2 * m / eta) / _c_delta(delta))
-    valid = (m >= 1) & (delta > 0) & (delta < 1) & (eta > 0) & (eta < 1)
-    return nan_unless(valid, value)
-
-
+@with_checked(ranges={"m": (lambda v: v >= 1, ">= 1"), "delta": _OPEN01, "eta": _OPEN01})
 def sample_size(m, delta, eta):
     r"""Smallest integer n ≥ m ln(2m/η) / c_δ, c_δ = (1 + δ) ln(1 + δ) − δ (a float array).
 
@@ -360,16 +338,13 @@ def sample_size(m, delta, eta):
     δ = 1/2, η = 0.01: c_δ ≈ 0.1082 and n = 703. Vectorised over its arguments; under ``jit``
     an out-of-range m, δ or η gives NaN (``checked_sample_size`` raises).
     """
-    require("m", m, lambda v: v >= 1, ">= 1")
-    require("delta", delta, lambda d: (d > 0) & (d < 1), "in (0, 1)")
-    require("eta", eta, lambda e: (e > 0) & (e < 1), "in (0, 1)")
-    return _sample_size(m, delta, eta)
+    m, delta, eta = as_float(m, delta, eta)
+    value = jnp.ceil(m * jnp.log(2 * m / eta) / _c_delta(delta))
+    valid = (m >= 1) & _OPEN01[0](delta) & _OPEN01[0](eta)
+    return nan_unless(valid, value)
 
 
-checked_sample_size = make_checked(_sample_size, lambda m, delta, eta: [
-    (jnp.asarray(m) >= 1, "m must be >= 1"),
-    ((jnp.asarray(delta) > 0) & (jnp.asarray(delta) < 1), "delta must be in (0, 1)"),
-    ((jnp.asarray(eta) > 0) & (jnp.asarray(eta) < 1), "eta must be in (0, 1)")])
+checked_sample_size = sample_size.checked
 
 
 # ------------------------------------------------------------------------- samplers
@@ -413,10 +388,10 @@ def christoffel_sample(key, basis: Basis, n: int, *, christoffel_bound=None):
     arcsine law, accept with probability π √(1 − x²) φ_j(x)² / 4 (acceptance exactly 1/2).
     Callable basis: x ~ μ accepted with probability k_m(x) / (m · ``christoffel_bound``).
     """
-    basis = _require_basis(basis)
-    n = _require_positive_int("n", n)
-    bound = _require_sampler(basis, christoffel_bound)
-    return _christoffel_sample(_key(key), basis, n, bound)
+    basis = _as_basis(basis)
+    n = check_int("n", n, minimum=1)
+    bound = _envelope_bound(basis, christoffel_bound)
+    return _christoffel_sample(check_key("key", key), basis, n, bound)
 
 
 def _dpp_one(key, basis, m, bound, num_proposals, dtype):
@@ -462,7 +437,7 @@ def _dpp_sample(key, basis, bound, num_proposals):
 def _num_proposals(num_proposals, m):
     if num_proposals is None:
         return max(8, 2 * m)
-    return _require_positive_int("num_proposals", num_proposals)
+    return check_int("num_proposals", num_proposals, minimum=1)
 
 
 def projection_dpp_sample(key, basis: Basis, m: int | None = None, *, christoffel_bound=None,
@@ -477,12 +452,12 @@ def projection_dpp_sample(key, basis: Basis, m: int | None = None, *, christoffe
     default max(8, 2m)). The points are almost surely distinct. ``m``, if given, must equal the
     dimension of ``basis`` (for ``basis`` = an int it is that int).
     """
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     dim = _dimension(basis)
-    if m is not None and _require_positive_int("m", m) != dim:
+    if m is not None and check_int("m", m, minimum=1) != dim:
         raise ValueError(f"m must equal the dimension of basis ({dim}), got {m}.")
-    bound = _require_sampler(basis, christoffel_bound)
-    return _dpp_sample(_key(key), basis, bound, _num_proposals(num_proposals, dim))
+    bound = _envelope_bound(basis, christoffel_bound)
+    return _dpp_sample(check_key("key", key), basis, bound, _num_proposals(num_proposals, dim))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
@@ -504,14 +479,14 @@ def volume_sample(key, basis: Basis, n: int, *, christoffel_bound=None,
     of size n w.r.t. ρ_m, joint density ∝ det(Σ_i φ(x_i)φ(x_i)ᵀ/k_m(x_i)) Π ρ_m(x_i);
     Nouy & Michel 2023 for its use in weighted least squares). Weights: m/k_m for every point.
     """
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     m = _dimension(basis)
-    n = _require_positive_int("n", n)
+    n = check_int("n", n, minimum=1)
     if n < m:
         raise ValueError(f"n must be >= m = {m} (volume sampling needs at least m points), "
                          f"got {n}.")
-    bound = _require_sampler(basis, christoffel_bound)
-    return _volume_sample(_key(key), basis, n, bound, _num_proposals(num_proposals, m))
+    bound = _envelope_bound(basis, christoffel_bound)
+    return _volume_sample(check_key("key", key), basis, n, bound, _num_proposals(num_proposals, m))
 
 
 class RepeatedDPPSample(NamedTuple):
@@ -563,12 +538,12 @@ def repeated_dpp_sample(key, basis: Basis, max_batches: int, delta, *, christoff
     [max_batches·m], the first ``num_batches``·m entries are the sample (in batch order) and
     the rest are NaN. Under ``jit`` a traced δ ∉ (0, 1) gives NaN points and stable = False.
     """
-    basis = _require_basis(basis)
+    basis = _as_basis(basis)
     m = _dimension(basis)
-    max_batches = _require_positive_int("max_batches", max_batches)
-    require("delta", delta, lambda d: (d > 0) & (d < 1), "in (0, 1)")
-    bound = _require_sampler(basis, christoffel_bound)
-    return _repeated(_key(key), basis, max_batches, delta, bound,
+    max_batches = check_int("max_batches", max_batches, minimum=1)
+    require("delta", delta, *_OPEN01)
+    bound = _envelope_bound(basis, christoffel_bound)
+    return _repeated(check_key("key", key), basis, max_batches, delta, bound,
                      _num_proposals(num_proposals, m))
 
 
@@ -608,8 +583,8 @@ def finite_projection_dpp_sample(key, K, *, rank: int | None = None):
         if is_traced(K):
             raise ValueError("rank must be given when K is traced (under jit), got None.")
         rank = int(round(float(np.trace(np.asarray(K)))))
-    rank = _require_positive_int("rank", rank)
+    rank = check_int("rank", rank, minimum=1)
     if rank > jnp.shape(K)[0]:
         raise ValueError(f"rank must be <= N = {jnp.shape(K)[0]}, got {rank}.")
-    K = jnp.asarray(K, _float_dtype(K))
-    return _finite_dpp(_key(key), K, rank)
+    (K,) = as_float(K)
+    return _finite_dpp(check_key("key", key), K, rank)

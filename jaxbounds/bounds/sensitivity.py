@@ -101,6 +101,7 @@ All functions are pure and jit-compiled; use float64 (``jax_enable_x64``) for th
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from typing import NamedTuple
 
@@ -110,7 +111,18 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxbounds._checks import is_traced, make_checked, nan_unless, require
+from jaxbounds._checks import (
+    check_choice,
+    check_int,
+    check_matrix,
+    check_number,
+    check_same,
+    is_traced,
+    nan_unless,
+    require,
+    with_checked,
+)
+from jaxbounds._dtypes import as_float
 
 __all__ = [
     "DistortionEstimate",
@@ -141,42 +153,16 @@ __all__ = [
 # ---------------------------------------------------------------------------- checks
 
 
-def _check_matrix(name: str, A) -> jax.Array:
-    shape, dtype = np.shape(A), jnp.result_type(A)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array, got dtype {dtype}.")
-    if len(shape) != 2:
-        raise ValueError(f"{name} must be a 2-D array [n, d], got shape {shape}.")
-    if shape[0] < 1 or shape[1] < 1:
-        raise ValueError(f"{name} must have at least one row and one column, got {shape}.")
-    require(name, A, np.isfinite, "finite")
-    return jnp.asarray(A)
+def _matrix(name: str, A) -> jax.Array:
+    """``A`` checked as a non-empty, finite, floating 2-D array [n, d], as a jax array."""
+    return jnp.asarray(check_matrix(name, A, finite=True))
 
 
-def _check_p(p, *, low: float, low_inclusive: bool, high: float | None = None) -> float:
-    if is_traced(p) or isinstance(p, bool) or np.ndim(p) != 0:
-        raise TypeError(f"p must be a static Python number, got {p!r}.")
-    try:
-        value = float(p)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"p must be a number, got {type(p).__name__}.") from err
-    ok = (value >= low if low_inclusive else value > low) and math.isfinite(value)
-    if high is not None:
-        ok = ok and value <= high
-    if not ok:
-        expected = f"{'>=' if low_inclusive else '>'} {low:g}"
-        if high is not None:
-            expected += f" and <= {high:g}"
-        raise ValueError(f"p must be {expected} (a finite number), got {p!r}.")
-    return value
-
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if is_traced(value) or isinstance(value, bool) or not float(value).is_integer():
-        raise TypeError(f"{name} must be a static Python int, got {value!r}.")
-    if int(value) < low:
-        raise ValueError(f"{name} must be >= {low}, got {value!r}.")
-    return int(value)
+def _static_p(p, *, low: float, low_open: bool, high: float | None = None,
+              high_open: bool = False) -> float:
+    """``p`` checked as a static Python number in the given range (it fixes the algorithm)."""
+    return check_number("p", p, low=low, low_open=low_open, high=high, high_open=high_open,
+                        static=True)
 
 
 # ------------------------------------------------------------------ leverage scores
@@ -210,7 +196,7 @@ def leverage_scores(A) -> jax.Array:
     ``Σ τ_i = rank(A)`` and ``0 ≤ τ_i ≤ 1``. Jitted; vmap over a leading batch of matrices.
     Exactly the ℓ2 sensitivities: ``τ_i = sup_x ⟨a_i,x⟩² / ‖Ax‖₂²``.
     """
-    A = _check_matrix("A", A)
+    A = _matrix("A", A)
     return _leverage_scores(A)
 
 
@@ -285,17 +271,16 @@ def lewis_weights(A, p, *, num_iters: int | None = None, damping: float | None =
 
     Cohen & Peng, "ℓp Row Sampling by Lewis Weights", STOC 2015 (arXiv 1412.0588).
     """
-    A = _check_matrix("A", A)
-    p = _check_p(p, low=0.0, low_inclusive=False)
+    A = _matrix("A", A)
+    p = _static_p(p, low=0.0, low_open=True)
     if damping is None:
         damping = _default_damping(p)
     else:
-        if is_traced(damping) or not 0 < float(damping) <= 1:
-            raise ValueError(f"damping must be a Python number in (0, 1], got {damping!r}.")
-        damping = float(damping)
+        damping = check_number("damping", damping, low=0.0, low_open=True, high=1.0,
+                               static=True)
     if num_iters is None:
         num_iters = _default_lewis_iters(p, damping)
-    num_iters = _check_int("num_iters", num_iters)
+    num_iters = check_int("num_iters", num_iters, minimum=1)
     w, residual = _lewis_weights(A, p, num_iters, damping)
     return (w, residual) if return_residual else w
 
@@ -308,8 +293,8 @@ def lewis_sensitivity_bound(A, p, *, num_iters: int | None = None) -> jax.Array:
     weights; with the iterated weights it is sound up to the fixed-point residual. For a
     bound valid for any weights use ``lp_sensitivities(A, p).upper``. ``p ≥ 1``.
     """
-    A = _check_matrix("A", A)
-    p = _check_p(p, low=1.0, low_inclusive=True)
+    A = _matrix("A", A)
+    p = _static_p(p, low=1.0, low_open=False)
     w = lewis_weights(A, p, num_iters=num_iters)
     if p <= 2:
         return w
@@ -331,8 +316,8 @@ def root_leverage_bound(A, p) -> jax.Array:
     ``Σ τ_i^{p/2} ≤ n^{1−p/2} d^{p/2}``. These are the probabilities of the root-leverage
     sampling of Woodruff & Yasuda (2023), which needs Õ(ε⁻² d) rows for 1 ≤ p < 2.
     """
-    A = _check_matrix("A", A)
-    p = _check_p(p, low=0.0, low_inclusive=False, high=2.0)
+    A = _matrix("A", A)
+    p = _static_p(p, low=0.0, low_open=True, high=2.0)
     return _root_leverage(A, p)
 
 
@@ -432,7 +417,7 @@ def exact_l1_sensitivities(A) -> np.ndarray:
     """
     from scipy import optimize, sparse
 
-    A = np.asarray(_check_matrix("A", A), dtype=np.float64)
+    A = np.asarray(_matrix("A", A), dtype=np.float64)
     U, mask = (np.asarray(t) for t in jax.jit(_basis)(jnp.asarray(A)))
     U = U[:, mask]
     n, k = U.shape
@@ -473,14 +458,13 @@ def lp_sensitivities(A, p, *, method: str = "auto", num_iters: int = 50,
     Total sensitivity: ``Σ s_i`` (= rank at p = 2, ≤ rank for p < 2, ≤ rank^{p/2} for
     p > 2). Woodruff & Yasuda 2023 (arXiv 2306.00732), Padmanabhan et al. 2023.
     """
-    A = _check_matrix("A", A)
-    p = _check_p(p, low=1.0, low_inclusive=True)
-    if method not in ("auto", "lp", "bounds"):
-        raise ValueError(f"method must be 'auto', 'lp' or 'bounds', got {method!r}.")
+    A = _matrix("A", A)
+    p = _static_p(p, low=1.0, low_open=False)
+    check_choice("method", method, ("auto", "lp", "bounds"))
     if method == "lp" and p != 1:
         raise ValueError(f"method='lp' needs p == 1, got p = {p!r}.")
-    num_iters = _check_int("num_iters", num_iters, low=0)
-    batch_size = _check_int("batch_size", batch_size)
+    num_iters = check_int("num_iters", num_iters, minimum=0)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     if p == 2:
         s = _leverage_scores(A)
         return SensitivityBounds(s, s)
@@ -516,23 +500,29 @@ def _sampling_probabilities(m, scores):
     return jnp.minimum(1.0, m * scores / total)
 
 
-@functools.partial(jax.jit, static_argnames=("p",))
-def _sensitivity_sample(key, A, m, scores, p, b):
-    dtype = A.dtype
-    scores = jnp.asarray(scores, dtype)
-    m = jnp.asarray(m, dtype)
-    valid = (m > 0) & jnp.all(scores >= 0) & (jnp.sum(scores) > 0) & jnp.all(
-        jnp.isfinite(scores))
-    q = _sampling_probabilities(m, jnp.where(valid, scores, 1.0))
-    mask = jax.random.uniform(key, q.shape, dtype) < q
-    weights = jnp.where(mask, jnp.where(q > 0, q, 1.0) ** (-1.0 / p), 0.0)
-    weights = nan_unless(valid, weights)
-    q = nan_unless(valid, q)
-    SA = weights[:, None] * A
-    Sb = None if b is None else weights * b
-    return Sample(SA, Sb, mask & valid, weights, q)
+def _sample_checks(key, A, m, scores, p, b):
+    n = _matrix("A", A).shape[0]
+    _static_p(p, low=0.0, low_open=True)
+    if np.ndim(m) != 0:
+        raise ValueError(f"m must be a scalar, got shape {np.shape(m)}.")
+    if np.shape(scores) != (n,):
+        raise ValueError(f"scores must have shape ({n},) (one per row of A), got "
+                         f"{np.shape(scores)}.")
+    if not is_traced(scores) and not np.sum(np.asarray(scores)) > 0:
+        raise ValueError("scores must not all be zero, got a zero sum.")
+    if b is not None:
+        if np.shape(b) != (n,):
+            raise ValueError(f"b must have shape ({n},), got {np.shape(b)}.")
+        if not jnp.issubdtype(jnp.result_type(b), jnp.floating):
+            raise TypeError(f"b must be a floating-point array, got dtype "
+                            f"{jnp.result_type(b)}.")
 
 
+@with_checked(lambda scores, **_: [(jnp.sum(jnp.asarray(scores)) > 0,
+                                    "scores must not all be zero")],
+              ranges={"m": (lambda v: v > 0, "> 0"),
+                      "scores": (lambda s: (s >= 0) & jnp.isfinite(s), ">= 0 and finite")},
+              checks=_sample_checks, static_argnames=("p",))
 def sensitivity_sample(key, A, m, scores, p, *, b=None) -> Sample:
     r"""Sensitivity (importance) sampling of the rows of ``A [n, d]`` (and ``b [n]``).
 
@@ -551,48 +541,23 @@ def sensitivity_sample(key, A, m, scores, p, *, b=None) -> Sample:
     traced out-of-range values give NaN weights (see :func:`checked_sensitivity_sample`).
     ``p > 0`` is static. Woodruff & Yasuda 2023, §1; Cohen & Peng 2015.
     """
-    A = _check_matrix("A", A)
-    n = A.shape[0]
-    p = _check_p(p, low=0.0, low_inclusive=False)
-    require("m", m, lambda v: v > 0, "> 0")
-    if np.ndim(m) != 0:
-        raise ValueError(f"m must be a scalar, got shape {np.shape(m)}.")
-    if np.shape(scores) != (n,):
-        raise ValueError(f"scores must have shape ({n},) (one per row of A), got "
-                         f"{np.shape(scores)}.")
-    require("scores", scores, lambda s: (s >= 0) & np.isfinite(s), ">= 0 and finite")
-    if not is_traced(scores) and not np.sum(np.asarray(scores)) > 0:
-        raise ValueError("scores must not all be zero, got a zero sum.")
-    if b is not None:
-        if np.shape(b) != (n,):
-            raise ValueError(f"b must have shape ({n},), got {np.shape(b)}.")
-        if not jnp.issubdtype(jnp.result_type(b), jnp.floating):
-            raise TypeError(f"b must be a floating-point array, got dtype "
-                            f"{jnp.result_type(b)}.")
-        b = jnp.asarray(b, A.dtype)
-    return _sensitivity_sample(key, A, m, scores, p, b)
+    A = jnp.asarray(A)
+    dtype = A.dtype
+    scores = jnp.asarray(scores, dtype)
+    m = jnp.asarray(m, dtype)
+    valid = (m > 0) & jnp.all(scores >= 0) & (jnp.sum(scores) > 0) & jnp.all(
+        jnp.isfinite(scores))
+    q = _sampling_probabilities(m, jnp.where(valid, scores, 1.0))
+    mask = jax.random.uniform(key, q.shape, dtype) < q
+    weights = jnp.where(mask, jnp.where(q > 0, q, 1.0) ** (-1.0 / p), 0.0)
+    weights = nan_unless(valid, weights)
+    q = nan_unless(valid, q)
+    SA = weights[:, None] * A
+    Sb = None if b is None else weights * jnp.asarray(b, dtype)
+    return Sample(SA, Sb, mask & valid, weights, q)
 
 
-def _sample_conditions(key, A, m, scores, p, *, b=None):
-    scores = jnp.asarray(scores)
-    return [(jnp.asarray(m) > 0, "m must be > 0"),
-            (jnp.all((scores >= 0) & jnp.isfinite(scores)), "scores must be >= 0 and finite"),
-            (jnp.sum(scores) > 0, "scores must not all be zero")]
-
-
-@functools.cache
-def _checked_sample_for(p: float):
-    return make_checked(
-        lambda key, A, m, scores, b=None: _sensitivity_sample(key, A, m, scores, p, b),
-        lambda key, A, m, scores, b=None: _sample_conditions(key, A, m, scores, p, b=b))
-
-
-def checked_sensitivity_sample(key, A, m, scores, p, *, b=None) -> Sample:
-    """Checked variant of :func:`sensitivity_sample`: raises (checkify) on a traced
-    ``m ≤ 0`` or bad ``scores`` instead of returning NaN weights."""
-    A = _check_matrix("A", A)
-    p = _check_p(p, low=0.0, low_inclusive=False)
-    return _checked_sample_for(p)(key, A, m, scores, b)
+checked_sensitivity_sample = sensitivity_sample.checked
 
 
 def compact_sample(sample: Sample):
@@ -692,14 +657,12 @@ def subspace_embedding_distortion(SA, A, p, *, key, num_starts: int = 32,
     ``SA`` may have any number of rows (e.g. the fixed-size zero-padded rows of
     :class:`Sample`). Jitted; vmap over ``SA`` for many samples of the same A.
     """
-    SA = _check_matrix("SA", SA)
-    A = _check_matrix("A", A)
-    if SA.shape[1] != A.shape[1]:
-        raise ValueError(f"SA and A must have the same number of columns, got "
-                         f"{SA.shape[1]} and {A.shape[1]}.")
-    p = _check_p(p, low=1.0, low_inclusive=True)
-    num_starts = _check_int("num_starts", num_starts, low=0)
-    num_steps = _check_int("num_steps", num_steps, low=0)
+    SA = _matrix("SA", SA)
+    A = _matrix("A", A)
+    check_same("number of columns", SA=SA.shape[1], A=A.shape[1])
+    p = _static_p(p, low=1.0, low_open=False)
+    num_starts = check_int("num_starts", num_starts, minimum=0)
+    num_steps = check_int("num_steps", num_steps, minimum=0)
     require("learning_rate", learning_rate, lambda v: v > 0, "> 0")
     return _distortion(SA, A, p, key, num_starts, num_steps, learning_rate)
 
@@ -707,30 +670,29 @@ def subspace_embedding_distortion(SA, A, p, *, key, num_starts: int = 32,
 # --------------------------------------------------------------- sample sizes
 
 
-def _size_dtype(*values):
-    return jnp.result_type(*values, float)
+_POSITIVE = (lambda v: v > 0, "> 0")
 
 
 def _make_size(name, core, p_range, doc, arg_names, p_required=True):
-    """Build a sample-size calculator ``constant · ε⁻² · core(args, p) · log_factor``."""
-    low, low_incl, high, high_incl = p_range
+    """Build a sample-size calculator ``constant · ε⁻² · core(args, p) · log_factor``.
 
-    def check_p(p):
+    Returns ``(fn, checked_fn)``; ``fn(*arg_names, eps, p=None, constant=1.0,
+    log_factor=1.0)``.
+    """
+    low, low_open, high, high_open = p_range
+
+    def check_p(p, **_):
         if p is None:
             if p_required:
                 raise TypeError(f"{name} needs the keyword argument p.")
-            return 2.0
-        value = _check_p(p, low=low, low_inclusive=low_incl)
-        if high is not None and (value > high or (value == high and not high_incl)):
-            raise ValueError(f"p must be {'<=' if high_incl else '<'} {high:g} for "
-                             f"{name}, got {p!r}.")
-        return value
+            return
+        _static_p(p, low=low, low_open=low_open, high=high, high_open=high_open)
 
-    @functools.partial(jax.jit, static_argnames=("p",))
-    def compute(args, eps, constant, log_factor, p):
-        dtype = _size_dtype(*args, eps, constant, log_factor)
-        args = [jnp.asarray(a, dtype) for a in args]
-        eps, constant, log_factor = (jnp.asarray(v, dtype) for v in (eps, constant, log_factor))
+    def compute(**kwargs):
+        args = [kwargs[arg] for arg in arg_names]
+        p = 2.0 if kwargs["p"] is None else kwargs["p"]
+        *args, eps, constant, log_factor = as_float(*args, kwargs["eps"], kwargs["constant"],
+                                                    kwargs["log_factor"])
         valid = (eps > 0) & (constant > 0) & (log_factor > 0)
         for a in args:
             valid = valid & (a > 0)
@@ -739,45 +701,22 @@ def _make_size(name, core, p_range, doc, arg_names, p_required=True):
         value = constant * eps_s ** -2.0 * core(*safe, p) * log_factor
         return nan_unless(valid, value)
 
-    def check_args(args):
-        if len(args) != len(arg_names):
-            raise TypeError(f"{name} takes {len(arg_names)} positional arguments "
-                            f"({', '.join(arg_names)}), got {len(args)}.")
-
-    def fn(*args, eps, p=None, constant=1.0, log_factor=1.0):
-        check_args(args)
-        p = check_p(p)
-        for arg_name, value in zip(arg_names, args):
-            require(arg_name, value, lambda v: v > 0, "> 0")
-        require("eps", eps, lambda v: v > 0, "> 0")
-        require("constant", constant, lambda v: v > 0, "> 0")
-        require("log_factor", log_factor, lambda v: v > 0, "> 0")
-        return compute(tuple(args), eps, constant, log_factor, p)
-
-    def conditions(args, eps, constant, log_factor):
-        out = [(jnp.asarray(v) > 0, f"{n_} must be > 0") for n_, v in zip(arg_names, args)]
-        return out + [(jnp.asarray(eps) > 0, "eps must be > 0"),
-                      (jnp.asarray(constant) > 0, "constant must be > 0"),
-                      (jnp.asarray(log_factor) > 0, "log_factor must be > 0")]
-
-    @functools.cache
-    def checked_for(p):
-        return make_checked(lambda args, eps, constant, log_factor:
-                            compute(args, eps, constant, log_factor, p), conditions)
-
-    def checked(*args, eps, p=None, constant=1.0, log_factor=1.0):
-        check_args(args)
-        return checked_for(check_p(p))(tuple(args), eps, constant, log_factor)
-
-    fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = doc
-    checked.__name__ = checked.__qualname__ = f"checked_{name}"
-    checked.__doc__ = f"Checked variant of ``{name}`` (raises under jit via checkify).\n\n{doc}"
-    return fn, checked
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    compute.__signature__ = inspect.Signature(
+        [inspect.Parameter(arg, inspect.Parameter.POSITIONAL_OR_KEYWORD) for arg in arg_names]
+        + [inspect.Parameter("eps", keyword),
+           inspect.Parameter("p", keyword, default=None),
+           inspect.Parameter("constant", keyword, default=1.0),
+           inspect.Parameter("log_factor", keyword, default=1.0)])
+    compute.__name__ = compute.__qualname__ = name
+    compute.__doc__ = doc
+    ranges = {arg: _POSITIVE for arg in (*arg_names, "eps", "constant", "log_factor")}
+    fn = with_checked(ranges=ranges, checks=check_p, static_argnames=("p",))(compute)
+    return fn, fn.checked
 
 
 general_sample_size, checked_general_sample_size = _make_size(
-    "general_sample_size", lambda total, d, p: total * d, (1.0, True, None, True),
+    "general_sample_size", lambda total, d, p: total * d, (1.0, False, None, False),
     r"""General sensitivity-sampling size ``m = C·ε⁻²·𝔖·d·L``.
 
     ``general_sample_size(total_sensitivity, d, *, eps, p=None, constant=1.0,
@@ -790,7 +729,7 @@ general_sample_size, checked_general_sample_size = _make_size(
 sensitivity_sample_size, checked_sensitivity_sample_size = _make_size(
     "sensitivity_sample_size",
     lambda total, p: total ** (2.0 / p if p < 2 else 2.0 - 2.0 / p),
-    (1.0, True, None, True),
+    (1.0, False, None, False),
     r"""Woodruff–Yasuda ℓp sensitivity-sampling size ``m = C·ε⁻²·𝔖^{γ}·L``.
 
     ``sensitivity_sample_size(total_sensitivity, *, eps, p, constant=1.0, log_factor=1.0)``
@@ -800,7 +739,7 @@ sensitivity_sample_size, checked_sensitivity_sample_size = _make_size(
     ("total_sensitivity",))
 
 root_leverage_sample_size, checked_root_leverage_sample_size = _make_size(
-    "root_leverage_sample_size", lambda d, p: d, (1.0, True, 2.0, False),
+    "root_leverage_sample_size", lambda d, p: d, (1.0, False, 2.0, True),
     r"""Root-leverage sampling size ``m = C·ε⁻²·d·L`` for 1 ≤ p < 2.
 
     ``root_leverage_sample_size(d, *, eps, p, constant=1.0, log_factor=1.0)``: sampling
@@ -810,7 +749,7 @@ root_leverage_sample_size, checked_root_leverage_sample_size = _make_size(
 
 mixture_sample_size, checked_mixture_sample_size = _make_size(
     "mixture_sample_size", lambda d, total, p: d ** (2.0 / p) * total ** (2.0 - 4.0 / p),
-    (2.0, False, None, True),
+    (2.0, True, None, False),
     r"""Leverage + sensitivity mixture size ``m = C·ε⁻²·d^{2/p}·𝔖^{2−4/p}·L`` for p > 2.
 
     ``mixture_sample_size(d, total_sensitivity, *, eps, p, constant=1.0, log_factor=1.0)``:
@@ -819,7 +758,7 @@ mixture_sample_size, checked_mixture_sample_size = _make_size(
 
 chen_derezinski_sample_size, _ = _make_size(
     "chen_derezinski_sample_size", lambda d, total, p: d ** (1.0 - p / 2.0) * total,
-    (1.0, True, 2.0, True),
+    (1.0, False, 2.0, False),
     r"""Chen–Derezinski size ``m = C·ε⁻²·d^{1−p/2}·𝔖·L`` for 1 ≤ p ≤ 2.
 
     ``chen_derezinski_sample_size(d, total_sensitivity, *, eps, p, ...)``: from

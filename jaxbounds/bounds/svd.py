@@ -112,7 +112,7 @@ blocks (float64 with ``jax_enable_x64``). The calculators are pure and jit-compi
 internally (the rank r and the shapes are static; the blocks are zero-padded to a common
 width and their count to a power of two, which changes none of the quantities, so few shapes
 compile); they can be called inside ``jax.jit``/``jax.vmap`` over the block values. Bad
-input (DESIGN.md): an empty list, blocks that are not 2-D, mismatched row counts, a
+input: an empty list, blocks that are not 2-D, mismatched row counts, a
 non-integer or non-positive r, ε ∉ (0, 1), complex blocks raise ``ValueError``/``TypeError``
 naming the argument. There is no traced range-checked value here, hence no ``checked_``
 variants; NaN in the blocks propagates to NaN.
@@ -123,7 +123,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -132,7 +131,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbounds._checks import require
+from jaxbounds._checks import check_int, check_number, require
+from jaxbounds._dtypes import float_dtype
 
 __all__ = [
     "DEFAULT_OVERSAMPLING",
@@ -171,22 +171,6 @@ _DEFAULT_ORDER = {"maxnorm": "norm", "residual": "residual", "approximate": "nor
 # ----------------------------------------------------------------------------- checks
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a Python integer, got {value!r} "
-                        f"({type(value).__name__}).")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {int(value)}.")
-    return int(value)
-
-
-def _float_dtype(arrays):
-    dtype = jnp.result_type(*arrays, float)
-    if jnp.issubdtype(dtype, jnp.complexfloating):
-        raise TypeError(f"blocks must be real, got dtype {dtype}.")
-    return dtype
-
-
 def _as_blocks(blocks, name: str = "blocks") -> list[jax.Array]:
     """Validate ``blocks`` and return them as a list of 2-D float arrays (same rows)."""
     if hasattr(blocks, "ndim") and hasattr(blocks, "shape"):
@@ -220,19 +204,15 @@ def _as_blocks(blocks, name: str = "blocks") -> list[jax.Array]:
                              f"{name}[0] (blocks are concatenated side by side), got shape "
                              f"{tuple(array.shape)}.")
         arrays.append(array)
-    dtype = _float_dtype(arrays)
+    dtype = float_dtype(*arrays)
+    if jnp.issubdtype(dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {dtype}.")
     return [a.astype(dtype) for a in arrays]
 
 
-def _check_rank(r) -> int:
-    return _check_int("r", r, 1)
-
-
-def _check_tolerance(name, value):
-    if value is None:
-        return None
-    require(name, value, lambda v: np.isfinite(v) & (v >= 0), "a finite number >= 0")
-    return float(value)
+def _tolerance(name, value) -> float | None:
+    """``None``, or ``value`` checked as a finite number >= 0."""
+    return None if value is None else check_number(name, value, low=0.0)
 
 
 def outward_tolerance(dtype, n: int, columns: int) -> float:
@@ -282,7 +262,7 @@ def _upper_from_lower(total, lower, tau):
 def _prepare(blocks, outward_rtol):
     arrays = _as_blocks(blocks)
     n, columns = arrays[0].shape[0], sum(a.shape[1] for a in arrays)
-    tau = _check_tolerance("outward_rtol", outward_rtol)
+    tau = _tolerance("outward_rtol", outward_rtol)
     if tau is None:
         tau = outward_tolerance(arrays[0].dtype, n, columns)
     return arrays, tau
@@ -308,7 +288,7 @@ def concat_svd_error(blocks, r: int) -> jax.Array:
     relative Frobenius error). 0 when r ≥ min(n, C) and for M = 0. A scalar array.
     """
     arrays = _as_blocks(blocks)
-    r = _check_rank(r)
+    r = check_int("r", r, minimum=1)
     return _concat_error_core(jnp.concatenate(arrays, axis=1), r)
 
 
@@ -331,7 +311,7 @@ def weyl_bound(blocks, r: int, *, outward_rtol: float | None = None) -> jax.Arra
     (default :func:`outward_tolerance`). Sound by interlacing (module docstring).
     """
     arrays, tau = _prepare(blocks, outward_rtol)
-    r = _check_rank(r)
+    r = check_int("r", r, minimum=1)
     stack, widths = _stack(arrays)
     return _weyl_core(stack, widths, r, tau)
 
@@ -396,8 +376,8 @@ def residual_bound(blocks, r: int, *, outward_rtol: float | None = None,
     :func:`weyl_bound`. Soundness argument: the module docstring.
     """
     arrays, tau = _prepare(blocks, outward_rtol)
-    r = _check_rank(r)
-    rank_rtol = _check_tolerance("rank_rtol", rank_rtol)
+    r = check_int("r", r, minimum=1)
+    rank_rtol = _tolerance("rank_rtol", rank_rtol)
     if rank_rtol is None:
         rank_rtol = _default_rank_rtol(arrays[0].dtype)
     stack, widths = _stack(arrays)
@@ -466,9 +446,9 @@ def incremental_estimate(blocks, r: int, *, oversampling: int = DEFAULT_OVERSAMP
     k ≥ rank M. Certify it with :func:`projection_bound` on ``.basis``.
     """
     arrays = _as_blocks(blocks)
-    r = _check_rank(r)
-    oversampling = _check_int("oversampling", oversampling, 0)
-    rank_rtol = _check_tolerance("rank_rtol", rank_rtol)
+    r = check_int("r", r, minimum=1)
+    oversampling = check_int("oversampling", oversampling, minimum=0)
+    rank_rtol = _tolerance("rank_rtol", rank_rtol)
     if rank_rtol is None:
         rank_rtol = _default_rank_rtol(arrays[0].dtype)
     k = min(r + oversampling, arrays[0].shape[0])
@@ -579,12 +559,12 @@ def greedy_clustering(blocks, r: int, eps: float, *, method: str = "residual",
     concrete blocks); each figure is a jit-compiled calculator of this module.
     """
     arrays = _as_blocks(blocks)
-    r = _check_rank(r)
+    r = check_int("r", r, minimum=1)
     require("eps", eps, lambda v: (v > 0) & (v < 1), "in (0, 1)")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    patience = _check_int("patience", patience, 1)
-    oversampling = _check_int("oversampling", oversampling, 0)
+    patience = check_int("patience", patience, minimum=1)
+    oversampling = check_int("oversampling", oversampling, minimum=0)
     order = _DEFAULT_ORDER[method] if order is None else order
     if order not in ("norm", "residual"):
         raise ValueError(f"order must be 'norm' or 'residual', got {order!r}.")
@@ -649,7 +629,7 @@ def compression_ratio(blocks, clusters: Sequence[Sequence[int]], r: int) -> floa
     for i, shape in enumerate(shapes):
         if len(shape) != 2 or shape[0] != shapes[0][0]:
             raise ValueError(f"blocks[{i}] must be 2-D with {shapes[0][0]} rows, got {shape}.")
-    r = _check_rank(r)
+    r = check_int("r", r, minimum=1)
     n = shapes[0][0]
     seen: set[int] = set()
     compressed = 0

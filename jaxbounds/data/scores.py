@@ -35,7 +35,6 @@ for that example; :func:`checked_el2n_scores` and :func:`checked_grand_scores` r
 from __future__ import annotations
 
 import functools
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -43,9 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental import checkify
 
-from jaxbounds._checks import is_traced, require
+from jaxbounds._checks import check_callable, check_int, is_traced, make_checked, require
+from jaxbounds._dtypes import as_compute
 
 __all__ = [
     "el2n_scores",
@@ -90,21 +89,10 @@ def _models(params_list) -> list:
     return [jax.tree_util.tree_map(lambda a, i=i: a[i], params_list) for i in range(count)]
 
 
-def _check_batch_size(batch_size) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
-        raise TypeError(f"batch_size must be a positive int, got {batch_size!r} "
-                        f"({type(batch_size).__name__}).")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size}.")
-    return int(batch_size)
-
-
-def _check_inputs(apply_fn, models, x, y, batch_size):
-    """Validate and return (x, y, num_classes, batch_size) with batch_size clamped to n."""
-    if not callable(apply_fn):
-        raise TypeError(f"apply_fn must be callable as apply_fn(params, x) -> logits, got "
-                        f"{type(apply_fn).__name__}.")
-    batch_size = _check_batch_size(batch_size)
+def _inputs(apply_fn, models, x, y, batch_size):
+    """Check the inputs; return (x, y, num_classes, batch_size) with batch_size clamped to n."""
+    check_callable("apply_fn", apply_fn)
+    batch_size = check_int("batch_size", batch_size, minimum=1)
     x = jnp.asarray(x)
     y = y if is_traced(y) else np.asarray(y)
     if x.ndim < 1:
@@ -154,11 +142,6 @@ def _batched(per_batch, x, y, batch_size: int):
     return out.reshape(-1)[:n]
 
 
-def _at_least_f32(a):
-    """Accumulate in float32 (float64 stays float64), whatever the model's dtype."""
-    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
-
-
 def _nan_for_bad_labels(scores, y, num_classes: int):
     valid = (y >= 0) & (y < num_classes)
     return jnp.where(valid, scores, jnp.nan)
@@ -167,7 +150,7 @@ def _nan_for_bad_labels(scores, y, num_classes: int):
 @functools.partial(jax.jit, static_argnames=("apply_fn", "num_classes", "batch_size"))
 def _el2n_one_model(apply_fn, params, x, y, *, num_classes: int, batch_size: int):
     def per_batch(xb, yb):
-        probs = jax.nn.softmax(_at_least_f32(apply_fn(params, xb)), axis=-1)
+        probs = jax.nn.softmax(as_compute(apply_fn(params, xb))[0], axis=-1)
         error = probs - jax.nn.one_hot(yb, num_classes, dtype=probs.dtype)
         return jnp.sqrt(jnp.sum(error * error, axis=-1))
 
@@ -176,13 +159,13 @@ def _el2n_one_model(apply_fn, params, x, y, *, num_classes: int, batch_size: int
 
 def _tree_norm(tree):
     leaves = jax.tree_util.tree_leaves(tree)
-    return jnp.sqrt(sum(jnp.sum(jnp.square(_at_least_f32(leaf))) for leaf in leaves))
+    return jnp.sqrt(sum(jnp.sum(jnp.square(as_compute(leaf)[0])) for leaf in leaves))
 
 
 @functools.partial(jax.jit, static_argnames=("apply_fn", "num_classes", "batch_size"))
 def _grand_one_model(apply_fn, params, x, y, *, num_classes: int, batch_size: int):
     def example_loss(p, xi, yi):
-        logits = _at_least_f32(apply_fn(p, xi[None])[0])
+        logits = as_compute(apply_fn(p, xi[None])[0])[0]
         return -jax.nn.log_softmax(logits)[yi]
 
     def example_grad_norm(xi, yi):
@@ -197,7 +180,7 @@ def _grand_one_model(apply_fn, params, x, y, *, num_classes: int, batch_size: in
 
 def _mean_over_models(one_model, apply_fn, params_list, x, y, batch_size):
     models = _models(params_list)
-    x, y, num_classes, batch_size = _check_inputs(apply_fn, models, x, y, batch_size)
+    x, y, num_classes, batch_size = _inputs(apply_fn, models, x, y, batch_size)
     total = None
     for params in models:
         scores = one_model(apply_fn, params, x, y, num_classes=num_classes,
@@ -252,20 +235,16 @@ def _checked(fn, default_batch_size: int):
     def checked(apply_fn: ApplyFn, params_list, x, y, *,
                 batch_size: int = default_batch_size) -> jax.Array:
         models = _models(params_list)
-        batch_size = _check_batch_size(batch_size)
+        batch_size = check_int("batch_size", batch_size, minimum=1)
         n = int(np.shape(x)[0]) if np.ndim(x) else 1
         probe = jax.ShapeDtypeStruct((max(1, min(batch_size, n)), *np.shape(x)[1:]),
                                      jnp.result_type(x))
         num_classes = int(jax.eval_shape(apply_fn, models[0], probe).shape[-1])
-
-        def body(models, x, y):
-            checkify.check(jnp.all((y >= 0) & (y < num_classes)),
-                           f"y must hold class labels in [0, {num_classes})")
-            return fn(apply_fn, models, x, y, batch_size=batch_size)
-
-        err, out = jax.jit(checkify.checkify(body, errors=checkify.user_checks))(models, x, y)
-        err.throw()
-        return out
+        return make_checked(
+            lambda models, x, y: fn(apply_fn, models, x, y, batch_size=batch_size),
+            lambda models, x, y: [((y >= 0) & (y < num_classes),
+                                   f"y must hold class labels in [0, {num_classes})")],
+        )(models, x, y)
 
     checked.__name__ = f"checked_{fn.__name__}"
     checked.__doc__ = (f"Checked variant of ``{fn.__name__}``: traced out-of-range labels "

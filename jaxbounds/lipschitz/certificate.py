@@ -3,8 +3,8 @@
 Newhouse et al., "Training Transformers with Enforced Lipschitz Constants", arXiv 2507.13338.
 The paper composes the model's bound block by block; we derive every factor ourselves (see
 ``docs/lipschitz.md`` for the full derivation) and compute every spectral norm as an upper
-bound: an exact SVD in float64 (``jnp.linalg.svd(..., compute_uv=False)``), inflated by the
-outward tolerance :data:`SIGMA_OUTWARD_RTOL`. Power iteration would approach σ_max from
+bound: an exact SVD in float64, inflated by an outward margin
+(:func:`jaxbounds._linalg.spectral_norm_upper`). Power iteration would approach σ_max from
 below and is never used here.
 
 **Norms.** For a sequence X = (x_1, …, x_n) of d-dim tokens, ‖X‖ = max_i rms(x_i) with
@@ -43,13 +43,14 @@ D_R into the convex set D_R', so the segment argument applies layer by layer).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbounds._checks import check_array, is_traced, require
+from jaxbounds._linalg import SIGMA_OUTWARD_RTOL, rms_operator_norm, spectral_norm_upper
 from jaxbounds.lipschitz.transformer import (
     GELU_DIVISOR,
     LipschitzMLPConfig,
@@ -62,22 +63,6 @@ __all__ = [
     "lipschitz_bound",
     "spectral_norm_upper",
 ]
-
-# Each float64 SVD singular value is multiplied by (1 + SIGMA_OUTWARD_RTOL): LAPACK's
-# backward error is O(n·ε₆₄·σ_max) ≈ 1e-12 for n ≤ 10⁴, well inside this margin.
-SIGMA_OUTWARD_RTOL = 1e-10
-
-
-def spectral_norm_upper(w):
-    """σ_max of ``w [..., m, n]`` as an upper bound: SVD in the array's dtype (call with
-    float64), times (1 + SIGMA_OUTWARD_RTOL)."""
-    s = jnp.linalg.svd(w, compute_uv=False)
-    return s[..., 0] * (1.0 + SIGMA_OUTWARD_RTOL)
-
-
-def _rms_norm(kernel):
-    fan_in, fan_out = kernel.shape[-2:]
-    return math.sqrt(fan_in / fan_out) * spectral_norm_upper(kernel)
 
 
 # --- parameter access and checks ----------------------------------------------------------
@@ -124,7 +109,7 @@ def _mlp_leaves(params, cfg: LipschitzMLPConfig) -> dict:
 
 
 def _mlp_core(leaves, cfg: LipschitzMLPConfig):
-    per_layer = {f"dense_{i}": _rms_norm(leaves[f"dense_{i}/kernel"])
+    per_layer = {f"dense_{i}": rms_operator_norm(leaves[f"dense_{i}/kernel"])
                  for i in range(len(cfg.features))}
     per_layer["final_scale"] = jnp.asarray(cfg.final_scale, jnp.result_type(float))
     details = {"weight_norms": dict(per_layer)}
@@ -134,7 +119,7 @@ def _mlp_core(leaves, cfg: LipschitzMLPConfig):
 def _head_norms(kernel, cfg: LipschitzTransformerConfig):
     """Per-head RMS(d_model)→RMS(d_h) norms of a q/k/v kernel [d_model, d_model]."""
     heads = kernel.reshape(cfg.d_model, cfg.num_heads, cfg.head_dim).transpose(1, 0, 2)
-    return math.sqrt(cfg.d_model / cfg.head_dim) * spectral_norm_upper(heads)
+    return rms_operator_norm(heads)  # each head a kernel [d_model, d_h]
 
 
 def _transformer_core(leaves, cfg: LipschitzTransformerConfig, input_radius):
@@ -152,7 +137,7 @@ def _transformer_core(leaves, cfg: LipschitzTransformerConfig, input_radius):
         # attention sub-block
         a = {n: _head_norms(leaves[f"{prefix}/attn/{n}/kernel"], cfg)
              for n in ("query", "key", "value")}
-        w_o = _rms_norm(leaves[f"{prefix}/attn/out/kernel"])
+        w_o = rms_operator_norm(leaves[f"{prefix}/attn/out/kernel"])
         per_head = a["value"] * (1.0 + 2.0 * a["query"] * a["key"] * radius**2)
         l_att = w_o / 3.0 * jnp.sqrt(jnp.mean(per_head**2))
         r_att = w_o / 3.0 * jnp.sqrt(jnp.mean(a["value"] ** 2)) * radius
@@ -164,8 +149,8 @@ def _transformer_core(leaves, cfg: LipschitzTransformerConfig, input_radius):
             norms[f"{prefix}/attn/{n}/per_head"] = a[n]
         norms[f"{prefix}/attn/out"] = w_o
         # MLP sub-block
-        w_in = _rms_norm(leaves[f"{prefix}/mlp/fc_in/kernel"])
-        w_out = _rms_norm(leaves[f"{prefix}/mlp/fc_out/kernel"])
+        w_in = rms_operator_norm(leaves[f"{prefix}/mlp/fc_in/kernel"])
+        w_out = rms_operator_norm(leaves[f"{prefix}/mlp/fc_out/kernel"])
         l_mlp = w_out * w_in
         per_layer[f"{prefix}/mlp"] = (1 - alpha) + alpha * l_mlp
         branch[f"{prefix}/mlp"] = l_mlp
@@ -173,7 +158,7 @@ def _transformer_core(leaves, cfg: LipschitzTransformerConfig, input_radius):
         radii[f"{prefix}/mlp"] = radius
         norms[f"{prefix}/mlp/fc_in"] = w_in
         norms[f"{prefix}/mlp/fc_out"] = w_out
-    w_u = _rms_norm(leaves["unembed/kernel"])
+    w_u = rms_operator_norm(leaves["unembed/kernel"])
     norms["unembed"] = w_u
     per_layer["unembed"] = w_u
     per_layer["final_scale"] = jnp.asarray(cfg.final_scale, dtype)
@@ -195,35 +180,26 @@ def _core(params, config, input_radius):
 _core_jit = jax.jit(_core, static_argnums=1)
 
 
-def _check_args(params, config, input_radius):
+def _run(params, config, input_radius):
     if not isinstance(config, LipschitzMLPConfig | LipschitzTransformerConfig):
         raise TypeError("config must be a LipschitzMLPConfig or a LipschitzTransformerConfig, "
                         f"got {type(config).__name__}.")
     if not isinstance(_unwrap(params), Mapping):
         raise TypeError(f"params must be the model's parameter dict, got "
                         f"{type(params).__name__}.")
+    if input_radius is not None and isinstance(config, LipschitzMLPConfig):
+        raise ValueError("input_radius applies to the transformer only (an MLP's bound holds "
+                         f"on all of R^d); got input_radius={input_radius!r} with a "
+                         "LipschitzMLPConfig.")
     if input_radius is not None:
-        if isinstance(config, LipschitzMLPConfig):
-            raise ValueError("input_radius applies to the transformer only (an MLP's bound "
-                             "holds on all of R^d); got input_radius="
-                             f"{input_radius!r} with a LipschitzMLPConfig.")
-        if not isinstance(input_radius, jax.core.Tracer) and not np.all(
-                np.asarray(input_radius) > 0):
-            raise ValueError(f"input_radius must be > 0, got {input_radius!r}.")
-
-
-def _run(params, config, input_radius):
-    _check_args(params, config, input_radius)
+        require("input_radius", input_radius, lambda r: r > 0, "> 0")
     leaves = jax.tree_util.tree_leaves(params)
     for leaf in leaves:
-        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"params leaves must be floating arrays, got dtype {dtype}.")
+        check_array("params leaves", leaf)
     if jax.config.jax_enable_x64:
         params64 = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
         return _core_jit(params64, config, input_radius)
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves) or isinstance(
-            input_radius, jax.core.Tracer):
+    if any(is_traced(leaf) for leaf in leaves + [input_radius]):
         raise ValueError(
             "lipschitz_bound needs float64 SVDs: call it outside jit (it enables float64 "
             "itself), or enable x64 (jax.enable_x64) around the traced call.")

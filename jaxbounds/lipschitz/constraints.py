@@ -1,15 +1,22 @@
 """Spectral weight constraints for Lipschitz-constrained networks.
 
 Newhouse, Hess, Cesista, Zahorodnii, Bernstein, Isola, "Training Transformers with Enforced
-Lipschitz Constants", arXiv 2507.13338. Every function is pure, acts on weights laid out
-``[..., fan_out, fan_in]`` (batched over any leading dims; a Flax ``[in, out]`` kernel must be
-transposed first) and works under ``jit`` and ``vmap``. Write W = U diag(σ) Vᵀ.
+Lipschitz Constants", arXiv 2507.13338. Every function is pure, works under ``jit`` and
+``vmap``, and is batched over leading dims. Write W = U diag(σ) Vᵀ.
+
+**One signature.** Every constraint is ``f(w, param, *, key=None, layout="flax",
+norm="spectral", **options)``: ``param`` is the bound ``w_max`` (the strength λ for
+:func:`spectral_weight_decay`, the strength α for :func:`spectral_soft_cap`); ``key`` seeds
+the power iteration of the fast methods (unused by the others, which accept it so that any
+constraint can be mapped over a params tree); ``layout`` is ``"flax"`` for kernels
+``[..., in, out]`` (the default) or ``"torch"`` for ``[..., out, in]``; the result has the
+layout of ``w``.
 
 Fast methods (matrix products only):
 
-* :func:`power_iteration`: σ_max and the top singular pair (u, v); warm-startable from the
-  last ``u``. It approaches σ_max **from below**, so nothing here is a certificate.
-* :func:`spectral_normalize`: W / max(1, σ̂_max / w_max).
+* :func:`spectral_normalize`: W / max(1, σ̂_max / w_max), σ̂_max by power iteration
+  (:func:`jaxbounds._linalg.power_iteration`, warm-startable through ``v0``). It approaches
+  σ_max **from below**, so nothing here is a certificate.
 * :func:`spectral_hammer`: W + (w_max − σ̂_max)·u vᵀ: sets the top singular value to w_max,
   leaves the others unchanged.
 * :func:`spectral_weight_decay`: W − λ·σ̂_max·u vᵀ: shrinks only the top singular value.
@@ -27,14 +34,14 @@ Exact references (SVD): :func:`svd_clip` (= the exact hard cap), :func:`spectral
 **Norms.** ``w_max`` is a bound on σ_max (``norm="spectral"``, the default) or on the RMS→RMS
 operator norm (``norm="rms"``), ‖W‖_RMS→RMS = √(fan_in/fan_out)·σ_max, the convention of the
 paper's transformer. With ``norm="rms"`` the functions convert internally:
-σ_max ≤ w_max·√(fan_out/fan_in). For the soft cap, α is given in the chosen norm
-(the spectral α is α·fan_in/fan_out).
+σ_max ≤ w_max·√(fan_out/fan_in), with fan_in and fan_out read through ``layout``. For the
+soft cap, α is given in the chosen norm (the spectral α is α·fan_in/fan_out).
 
 **Bad input.** A weight with fewer than 2 dims raises ``ValueError``; an integer weight
-``TypeError``; a concrete ``w_max ≤ 0`` ``ValueError``. A traced ``w_max ≤ 0`` gives NaN
-(DESIGN.md). Computation runs in float32 (float64 when the input is float64), and the result
-is cast back to the input dtype; rounding a capped bfloat16 weight can put σ_max up to ~0.4%
-above w_max, so keep constrained master weights in float32.
+``TypeError``; a concrete ``w_max ≤ 0`` ``ValueError``. A traced ``w_max ≤ 0`` gives NaN.
+Computation runs in float32 (float64 when the input is float64), and the result is cast back
+to the input dtype; rounding a capped bfloat16 weight can put σ_max up to ~0.4% above w_max,
+so keep constrained master weights in float32.
 """
 
 from __future__ import annotations
@@ -45,15 +52,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbounds._checks import nan_unless, require
+from jaxbounds import _linalg
+from jaxbounds._checks import check_bool, check_choice, check_int, nan_unless, require
+from jaxbounds._dtypes import compute_dtype
+from jaxbounds._layout import check_layout, from_out_in, to_out_in
 
 __all__ = [
     "MSIGN_COEFFICIENTS",
     "PAPER_HARD_CAP_COEFFICIENTS",
     "CONSTRAINTS",
+    "NORMS",
+    "WARM_STARTED",
     "get_constraint",
     "msign",
-    "power_iteration",
     "rms_to_spectral",
     "soft_cap_alpha",
     "spectral_hammer",
@@ -99,53 +110,44 @@ PAPER_HARD_CAP_COEFFICIENTS: tuple[tuple[float, float, float], ...] = (
     (1.004384, -0.183490, 0.014413),
 )
 
-_NORMS = ("spectral", "rms")
-_HIGHEST = jax.lax.Precision.HIGHEST
+NORMS = ("spectral", "rms")
+_HIGHEST = _linalg.HIGHEST
+_POSITIVE = "a positive number (> 0)"
 
 
-# ----------------------------------------------------------------------------- checks
+def rms_to_spectral(w_shape, bound, norm: str = "rms", *, layout: str = "flax"):
+    """Convert a bound on ‖W‖ in ``norm`` to a bound on σ_max for a kernel of ``w_shape``.
 
-def _check_weight(w, name: str = "w") -> jax.Array:
-    if not hasattr(w, "shape") or not hasattr(w, "dtype"):
-        w = jnp.asarray(w)
-    if w.ndim < 2:
-        raise ValueError(
-            f"{name} must be a matrix [..., fan_out, fan_in] with ndim >= 2, got shape "
-            f"{tuple(w.shape)} (ndim {w.ndim}). Vectors (biases, gains) are not constrained.")
-    if not jnp.issubdtype(w.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {w.dtype}.")
-    return w
-
-
-def _check_norm(norm: str) -> None:
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
-
-
-def _check_positive(name: str, value) -> None:
-    require(name, value, lambda v: v > 0, "a positive number (> 0)")
-
-
-def _check_iters(name: str, value) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-
-
-def _compute_dtype(w) -> jnp.dtype:
-    return jnp.float64 if w.dtype == jnp.float64 else jnp.float32
-
-
-def rms_to_spectral(w_shape, bound, norm: str = "rms"):
-    """Convert a bound on ‖W‖ in ``norm`` to a bound on σ_max for a ``[..., fan_out, fan_in]``.
-
-    ‖W‖_RMS→RMS = √(fan_in/fan_out)·σ_max, so σ_max ≤ bound·√(fan_out/fan_in). With
+    ‖W‖_RMS→RMS = √(fan_in/fan_out)·σ_max, so σ_max ≤ bound·√(fan_out/fan_in), with the
+    kernel ``[..., in, out]`` (``layout="flax"``) or ``[..., out, in]`` (``"torch"``). With
     ``norm="spectral"`` the bound is returned unchanged.
     """
-    _check_norm(norm)
+    check_choice("norm", norm, NORMS)
+    check_layout(layout)
     if norm == "spectral":
         return bound
-    fan_out, fan_in = w_shape[-2], w_shape[-1]
+    fan_out, fan_in = w_shape[-2:] if layout == "torch" else w_shape[-2:][::-1]
     return bound * float(np.sqrt(fan_out / fan_in))
+
+
+def _as_matrix(w, layout, norm):
+    """Checked ``w`` and its map matrix ``[..., fan_out, fan_in]`` in the compute dtype."""
+    w = _linalg.check_matrix(w)
+    check_layout(layout)
+    check_choice("norm", norm, NORMS)
+    return w, to_out_in(w, layout).astype(compute_dtype(w))
+
+
+def _bounded(w, w_max, layout, norm):
+    """``(w, matrix, σ bound)`` for a constraint with bound ``w_max`` in ``norm``."""
+    w, x = _as_matrix(w, layout, norm)
+    require("w_max", w_max, lambda v: v > 0, _POSITIVE)
+    return w, x, rms_to_spectral(x.shape, w_max, norm, layout="torch")
+
+
+def _finish(x, w, layout, valid=True):
+    """The matrix ``x`` back in ``w``'s layout and dtype, NaN where not ``valid``."""
+    return from_out_in(nan_unless(valid, x).astype(w.dtype), layout)
 
 
 def _mT(x):
@@ -156,101 +158,78 @@ def _mm(a, b, precision):
     return jnp.matmul(a, b, precision=precision)
 
 
+def _matvec(x, v):
+    return jnp.einsum("...oi,...i->...o", x, v, precision=_HIGHEST)
+
+
 # ----------------------------------------------------------------------------- power iteration
 
-def power_iteration(w, *, key=None, num_iters: int = 16, u0=None, precision=_HIGHEST):
-    """Top singular triple of W by power iteration: ``(sigma, u, v)``.
-
-    Iterates v ← Wᵀu/‖Wᵀu‖, u ← Wv/‖Wv‖ ``num_iters`` times from ``u0`` (a left-vector guess
-    [..., fan_out], e.g. the ``u`` of the previous training step: a warm start) or from a
-    Gaussian draw with ``key``. Returns σ̂ = ‖Wv‖ [...], u [..., fan_out], v [..., fan_in].
-    σ̂ ≤ σ_max always (up to roundoff): it approaches from below, at the rate (σ₂/σ₁)^(2k).
-    """
-    w = _check_weight(w)
-    _check_iters("num_iters", num_iters)
-    dtype = _compute_dtype(w)
-    x = w.astype(dtype)
-    batch, fan_out = x.shape[:-2], x.shape[-2]
-    if u0 is None:
-        if key is None:
-            raise ValueError("power_iteration needs a PRNG key (key=...) when u0 is None.")
-        u = jax.random.normal(key, batch + (fan_out,), dtype)
-    else:
-        u = jnp.broadcast_to(jnp.asarray(u0, dtype), batch + (fan_out,))
-    tiny = jnp.finfo(dtype).tiny
-
-    def normalize(z):
-        return z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), tiny)
-
-    u = normalize(u)
-
-    def body(_, u):
-        v = normalize(jnp.einsum("...oi,...o->...i", x, u, precision=precision))
-        return normalize(jnp.einsum("...oi,...i->...o", x, v, precision=precision))
-
-    u = jax.lax.fori_loop(0, num_iters - 1, body, u)
-    v = normalize(jnp.einsum("...oi,...o->...i", x, u, precision=precision))
-    wv = jnp.einsum("...oi,...i->...o", x, v, precision=precision)
-    sigma = jnp.linalg.norm(wv, axis=-1)
-    u = wv / jnp.maximum(sigma, tiny)[..., None]
-    return sigma, u, v
+def _rank_one(w, key, layout, norm, num_iters, v0, return_vector, top_value):
+    """W + (top_value(σ̂) − σ̂)·u vᵀ with (σ̂, v) from power iteration and u = Wv/σ̂ (for
+    spectral_hammer and spectral_weight_decay)."""
+    w, x = _as_matrix(w, layout, norm)
+    if v0 is not None:
+        v0 = jnp.asarray(v0, x.dtype)
+    sigma, v = _linalg.power_iteration(x, num_iters=num_iters, key=key, v0=v0)
+    u = _matvec(x, v) / jnp.maximum(sigma, jnp.finfo(x.dtype).tiny)[..., None]
+    target, valid = top_value(sigma, x.shape)
+    out = x + (target - sigma)[..., None, None] * (u[..., :, None] * v[..., None, :])
+    out = _finish(out, w, layout, valid)
+    return (out, v) if return_vector else out
 
 
-def _outer(u, v):
-    return u[..., :, None] * v[..., None, :]
-
-
-def spectral_normalize(w, w_max, *, key=None, num_iters: int = 16, u0=None,
-                       norm: str = "spectral", return_vector: bool = False):
-    """W / max(1, σ̂_max/w_max), σ̂_max by :func:`power_iteration` (paper §3, "spectral normalize").
+def spectral_normalize(w, w_max, *, key=None, layout: str = "flax", norm: str = "spectral",
+                       num_iters: int = 16, v0=None, return_vector: bool = False):
+    """W / max(1, σ̂_max/w_max), σ̂_max by power iteration (paper §3, "spectral normalize").
 
     Since σ̂_max ≤ σ_max, the result can exceed w_max by the power-iteration error; warm
-    starting (``u0`` = the returned vector of the previous call) makes that error vanish over
-    training steps. ``return_vector=True`` returns ``(w_new, u)`` for the next warm start.
+    starting (``v0`` = the vector returned by the previous call) makes that error vanish over
+    training steps. ``return_vector=True`` returns ``(w_new, v)``, v the top right singular
+    vector ``[..., fan_in]`` of the map, for the next warm start. Without ``key`` and ``v0``
+    the start vector is deterministic.
     """
-    w = _check_weight(w)
-    _check_norm(norm)
-    _check_positive("w_max", w_max)
-    bound = rms_to_spectral(w.shape, w_max, norm)
-    sigma, u, _ = power_iteration(w, key=key, num_iters=num_iters, u0=u0)
-    scale = 1.0 / jnp.maximum(1.0, sigma / bound)
-    out = (w.astype(sigma.dtype) * scale[..., None, None])
-    out = nan_unless(jnp.asarray(w_max) > 0, out).astype(w.dtype)
-    return (out, u) if return_vector else out
+    w, x, bound = _bounded(w, w_max, layout, norm)
+    if v0 is not None:
+        v0 = jnp.asarray(v0, x.dtype)
+    sigma, v = _linalg.power_iteration(x, num_iters=num_iters, key=key, v0=v0)
+    out = x / jnp.maximum(1.0, sigma / bound)[..., None, None]
+    out = _finish(out, w, layout, jnp.asarray(w_max) > 0)
+    return (out, v) if return_vector else out
 
 
-def spectral_hammer(w, w_max, *, key=None, num_iters: int = 16, u0=None,
-                    norm: str = "spectral", return_vector: bool = False):
+def spectral_hammer(w, w_max, *, key=None, layout: str = "flax", norm: str = "spectral",
+                    num_iters: int = 16, v0=None, return_vector: bool = False):
     """W + (w_max − σ̂_max)·u vᵀ: sets the top singular value to w_max (paper §3.2, "hammer").
 
     The other singular values and all singular vectors stay (exactly, if (u, v) are exact).
     The hammer only caps the *top* direction: with several σ above w_max it needs repeated
     applications (the paper relies on the small per-step change of Muon's updates).
+    ``key``, ``num_iters``, ``v0``, ``return_vector``: as for :func:`spectral_normalize`.
     """
-    w = _check_weight(w)
-    _check_norm(norm)
-    _check_positive("w_max", w_max)
-    bound = rms_to_spectral(w.shape, w_max, norm)
-    sigma, u, v = power_iteration(w, key=key, num_iters=num_iters, u0=u0)
-    out = w.astype(sigma.dtype) + (bound - sigma)[..., None, None] * _outer(u, v)
-    out = nan_unless(jnp.asarray(w_max) > 0, out).astype(w.dtype)
-    return (out, u) if return_vector else out
+    require("w_max", w_max, lambda v: v > 0, _POSITIVE)
+
+    def top_value(sigma, shape):
+        return rms_to_spectral(shape, w_max, norm, layout="torch"), jnp.asarray(w_max) > 0
+
+    return _rank_one(w, key, layout, norm, num_iters, v0, return_vector, top_value)
 
 
-def spectral_weight_decay(w, strength, *, key=None, num_iters: int = 16, u0=None,
+def spectral_weight_decay(w, strength, *, key=None, layout: str = "flax",
+                          norm: str = "spectral", num_iters: int = 16, v0=None,
                           return_vector: bool = False):
     """W − λ·σ̂_max·u vᵀ: decays only the top singular value, σ_max ← (1 − λ)·σ_max.
 
-    ``strength`` λ ∈ [0, 1] (scale-free, so there is no ``norm``). A traced λ outside [0, 1]
-    gives NaN.
+    ``strength`` λ ∈ [0, 1] takes the place of ``w_max`` in the common signature; it is
+    scale-free, so ``norm`` is only checked. A traced λ outside [0, 1] gives NaN. ``key``,
+    ``num_iters``, ``v0``, ``return_vector``: as for :func:`spectral_normalize`.
     """
-    w = _check_weight(w)
     require("strength", strength, lambda s: (s >= 0) & (s <= 1), "in [0, 1]")
-    sigma, u, v = power_iteration(w, key=key, num_iters=num_iters, u0=u0)
-    out = w.astype(sigma.dtype) - (strength * sigma)[..., None, None] * _outer(u, v)
-    valid = (jnp.asarray(strength) >= 0) & (jnp.asarray(strength) <= 1)
-    out = nan_unless(valid, out).astype(w.dtype)
-    return (out, u) if return_vector else out
+
+    def top_value(sigma, shape):
+        lam = jnp.asarray(strength)
+        return (1 - lam) * sigma, (lam >= 0) & (lam <= 1)
+
+    return _rank_one(w, key, layout, norm, num_iters, v0, return_vector, top_value)
 
 
 # ----------------------------------------------------------------------------- soft cap
@@ -288,8 +267,7 @@ def soft_cap_alpha(w_max, wd=0.0, lr=1.0, max_update_norm=1.0, *, num_bisections
     provided k ≤ (81/62)·w_max, e.g. lr·max_update_norm ≤ 0.306·w_max with wd = 0.
     All four numbers are in the same norm (use the RMS→RMS norm with ``norm="rms"``).
     """
-    for name, value in (("w_max", w_max),):
-        _check_positive(name, value)
+    require("w_max", w_max, lambda v: v > 0, _POSITIVE)
     require("wd", wd, lambda v: (v >= 0) & (v < 1), "in [0, 1)")
     require("lr", lr, lambda v: v >= 0, "non-negative")
     require("max_update_norm", max_update_norm, lambda v: v >= 0, "non-negative")
@@ -315,23 +293,26 @@ def soft_cap_alpha(w_max, wd=0.0, lr=1.0, max_update_norm=1.0, *, num_bisections
     return nan_unless(w_max > 0, alpha)
 
 
-def spectral_soft_cap(w, alpha, *, norm: str = "spectral", precision=_HIGHEST):
+def _soft_cap_scale(x, norm):
+    """c² = fan_in/fan_out for ``norm="rms"`` (σ_rms = c·σ, so t = α·c²·σ²), else 1."""
+    return 1.0 if norm == "spectral" else x.shape[-1] / x.shape[-2]
+
+
+def spectral_soft_cap(w, alpha, *, key=None, layout: str = "flax", norm: str = "spectral",
+                      precision=_HIGHEST):
     """Soft cap: W ← W(I − αWᵀW), then W ← W(I + αWᵀW) (reference code's ``soft_cap``).
 
     On each singular value, σ ↦ σ·(1 − 3t² + 3t³ − t⁴) with t = ασ² (measured in ``norm``);
     choose α with :func:`soft_cap_alpha`. α = 0 is the identity. Four Gram products.
+    ``key`` is unused (the common signature).
     """
-    w = _check_weight(w)
-    _check_norm(norm)
+    del key
+    w, x = _as_matrix(w, layout, norm)
     require("alpha", alpha, lambda a: a >= 0, "non-negative")
-    dtype = _compute_dtype(w)
-    x = w.astype(dtype)
-    # RMS: σ_rms = c·σ, c² = fan_in/fan_out, so t = α·c²·σ².
-    scale = 1.0 if norm == "spectral" else w.shape[-1] / w.shape[-2]
-    a = jnp.asarray(alpha, dtype) * scale
+    a = jnp.asarray(alpha, x.dtype) * _soft_cap_scale(x, norm)
     x = _gram_step(x, 1.0, -a, 0, precision)
     x = _gram_step(x, 1.0, a, 0, precision)
-    return nan_unless(jnp.asarray(alpha) >= 0, x).astype(w.dtype)
+    return _finish(x, w, layout, jnp.asarray(alpha) >= 0)
 
 
 # ----------------------------------------------------------------------------- msign, hard cap
@@ -350,9 +331,9 @@ def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
     singular values with σ/s ≥ 1e-3 are sent to 1 within float roundoff with the default 8
     steps; smaller ones are sent to values in (0, 1) (a zero singular value stays 0).
     """
-    x = _check_weight(x, "x")
-    _check_iters("num_steps", num_steps)
-    dtype = _compute_dtype(x)
+    x = _linalg.check_matrix(x, "x")
+    check_int("num_steps", num_steps, minimum=1)
+    dtype = compute_dtype(x)
     x = x.astype(dtype)
     tall = x.shape[-2] >= x.shape[-1]
     if not tall:
@@ -377,14 +358,14 @@ def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
     return x if tall else _mT(x)
 
 
-def spectral_hard_cap(w, w_max, *, num_steps: int = DEFAULT_MSIGN_STEPS,
-                      paper_coefficients: bool = False, norm: str = "spectral",
+def spectral_hard_cap(w, w_max, *, key=None, layout: str = "flax", norm: str = "spectral",
+                      num_steps: int = DEFAULT_MSIGN_STEPS, paper_coefficients: bool = False,
                       precision=_HIGHEST):
     """Hard cap: min(σ, w_max) on every singular value, with matrix products only.
 
     With Q = msign(W) and M = W − w_max·Q (= U(Σ − w_max)Vᵀ), msign(M)·Qᵀ·M = U|Σ − w_max|Vᵀ,
     so ½[W + w_max·Q − msign(M)·Qᵀ·M] = U·½(Σ + w_max − |Σ − w_max|)·Vᵀ = U·min(Σ, w_max)·Vᵀ.
-    Cost: 2·(3·num_steps) + 2 matrix products.
+    Cost: 2·(3·num_steps) + 2 matrix products. ``key`` is unused (the common signature).
 
     Accuracy (spectra 0.05·w_max … 4·w_max, float32): σ_max ≤ w_max(1 + 1e-3) and every
     singular value within 1e-2·w_max of min(σ, w_max), tested on CPU up to 96×96 (errors
@@ -401,14 +382,9 @@ def spectral_hard_cap(w, w_max, *, num_steps: int = DEFAULT_MSIGN_STEPS,
     (:data:`PAPER_HARD_CAP_COEFFICIENTS`) on W/w_max; it overshoots the cap by about 1% and
     is only accurate for σ up to a few w_max. ``num_steps`` is ignored there.
     """
-    w = _check_weight(w)
-    _check_norm(norm)
-    _check_positive("w_max", w_max)
-    if not isinstance(paper_coefficients, bool):
-        raise TypeError(f"paper_coefficients must be a bool, got {paper_coefficients!r}.")
-    bound = rms_to_spectral(w.shape, w_max, norm)
-    dtype = _compute_dtype(w)
-    x = w.astype(dtype)
+    del key
+    w, x, bound = _bounded(w, w_max, layout, norm)
+    check_bool("paper_coefficients", paper_coefficients)
     if paper_coefficients:
         y = x / bound
         for a, b, c in PAPER_HARD_CAP_COEFFICIENTS:
@@ -417,82 +393,85 @@ def spectral_hard_cap(w, w_max, *, num_steps: int = DEFAULT_MSIGN_STEPS,
     else:
         q = msign(x, num_steps=num_steps, precision=precision)
         m = x - bound * q
-        fan_out, fan_in = x.shape[-2], x.shape[-1]
         sm = msign(m, num_steps=num_steps, precision=precision)
-        if fan_out >= fan_in:  # Qᵀ M is [fan_in, fan_in]
+        if x.shape[-2] >= x.shape[-1]:  # Qᵀ M is [fan_in, fan_in]
             corr = _mm(sm, _mm(_mT(q), m, precision), precision)
         else:  # msign(M)·Qᵀ·M = (M·Qᵀ)·msign(M) for these aligned matrix functions
             corr = _mm(_mm(m, _mT(q), precision), sm, precision)
         out = 0.5 * (x + bound * q - corr)
-    return nan_unless(jnp.asarray(w_max) > 0, out).astype(w.dtype)
+    return _finish(out, w, layout, jnp.asarray(w_max) > 0)
 
 
 # ----------------------------------------------------------------------------- SVD references
 
-def _svd(w):
-    dtype = _compute_dtype(w)
-    return jnp.linalg.svd(w.astype(dtype), full_matrices=False)
+def _svd_map(x, w, layout, spectrum, valid=True):
+    """U·spectrum(Σ)·Vᵀ of the map ``x`` (one SVD), back in ``w``'s layout and dtype."""
+    u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+    out = jnp.matmul(u * spectrum(s)[..., None, :], vt, precision=_HIGHEST)
+    return _finish(out, w, layout, valid)
 
 
-def _from_svd(u, s, vt):
-    return jnp.matmul(u * s[..., None, :], vt, precision=_HIGHEST)
+def svd_clip(w, w_max, *, key=None, layout: str = "flax", norm: str = "spectral"):
+    """Exact hard cap U·min(Σ, w_max)·Vᵀ by ``jnp.linalg.svd`` (the reference).
 
-
-def svd_clip(w, w_max, *, norm: str = "spectral"):
-    """Exact hard cap U·min(Σ, w_max)·Vᵀ by ``jnp.linalg.svd`` (the reference)."""
-    w = _check_weight(w)
-    _check_norm(norm)
-    _check_positive("w_max", w_max)
-    bound = rms_to_spectral(w.shape, w_max, norm)
-    u, s, vt = _svd(w)
-    out = _from_svd(u, jnp.minimum(s, bound), vt)
-    return nan_unless(jnp.asarray(w_max) > 0, out).astype(w.dtype)
+    ``key`` is unused (the common signature)."""
+    del key
+    w, x, bound = _bounded(w, w_max, layout, norm)
+    return _svd_map(x, w, layout, lambda s: jnp.minimum(s, bound), jnp.asarray(w_max) > 0)
 
 
 spectral_hard_cap_svd = svd_clip
 
 
-def spectral_normalize_svd(w, w_max, *, norm: str = "spectral"):
-    """Exact W / max(1, σ_max/w_max)."""
-    w = _check_weight(w)
-    _check_norm(norm)
-    _check_positive("w_max", w_max)
-    bound = rms_to_spectral(w.shape, w_max, norm)
-    s = jnp.linalg.svd(w.astype(_compute_dtype(w)), compute_uv=False)
-    out = w.astype(s.dtype) / jnp.maximum(1.0, s[..., 0] / bound)[..., None, None]
-    return nan_unless(jnp.asarray(w_max) > 0, out).astype(w.dtype)
+def spectral_normalize_svd(w, w_max, *, key=None, layout: str = "flax",
+                           norm: str = "spectral"):
+    """Exact W / max(1, σ_max/w_max). ``key`` is unused (the common signature)."""
+    del key
+    w, x, bound = _bounded(w, w_max, layout, norm)
+    s = jnp.linalg.svd(x, compute_uv=False)
+    out = x / jnp.maximum(1.0, s[..., 0] / bound)[..., None, None]
+    return _finish(out, w, layout, jnp.asarray(w_max) > 0)
 
 
-def spectral_hammer_svd(w, w_max, *, norm: str = "spectral"):
-    """Exact hammer: the top singular value set to w_max, the others unchanged."""
-    w = _check_weight(w)
-    _check_norm(norm)
-    _check_positive("w_max", w_max)
-    bound = rms_to_spectral(w.shape, w_max, norm)
-    u, s, vt = _svd(w)
-    s = s.at[..., 0].set(jnp.broadcast_to(jnp.asarray(bound, s.dtype), s.shape[:-1]))
-    out = _from_svd(u, s, vt)
-    return nan_unless(jnp.asarray(w_max) > 0, out).astype(w.dtype)
+def spectral_hammer_svd(w, w_max, *, key=None, layout: str = "flax", norm: str = "spectral"):
+    """Exact hammer: the top singular value set to w_max, the others unchanged.
+
+    ``key`` is unused (the common signature)."""
+    del key
+    w, x, bound = _bounded(w, w_max, layout, norm)
+
+    def spectrum(s):
+        return s.at[..., 0].set(jnp.broadcast_to(jnp.asarray(bound, s.dtype), s.shape[:-1]))
+
+    return _svd_map(x, w, layout, spectrum, jnp.asarray(w_max) > 0)
 
 
-def spectral_weight_decay_svd(w, strength):
-    """Exact spectral weight decay: σ_max ← (1 − λ)·σ_max, the others unchanged."""
-    w = _check_weight(w)
+def spectral_weight_decay_svd(w, strength, *, key=None, layout: str = "flax",
+                              norm: str = "spectral"):
+    """Exact spectral weight decay: σ_max ← (1 − λ)·σ_max, the others unchanged.
+
+    ``key`` is unused and ``norm`` only checked (the common signature)."""
+    del key
+    w, x = _as_matrix(w, layout, norm)
     require("strength", strength, lambda s: (s >= 0) & (s <= 1), "in [0, 1]")
-    u, s, vt = _svd(w)
-    s = s.at[..., 0].multiply(1 - strength)
-    return _from_svd(u, s, vt).astype(w.dtype)
+    return _svd_map(x, w, layout, lambda s: s.at[..., 0].multiply(1 - strength))
 
 
-def spectral_soft_cap_svd(w, alpha, *, norm: str = "spectral"):
-    """Exact soft cap: σ ↦ σ·(1 − 3t² + 3t³ − t⁴), t = α·σ² (σ measured in ``norm``)."""
-    w = _check_weight(w)
-    _check_norm(norm)
+def spectral_soft_cap_svd(w, alpha, *, key=None, layout: str = "flax",
+                          norm: str = "spectral"):
+    """Exact soft cap: σ ↦ σ·(1 − 3t² + 3t³ − t⁴), t = α·σ² (σ measured in ``norm``).
+
+    ``key`` is unused (the common signature)."""
+    del key
+    w, x = _as_matrix(w, layout, norm)
     require("alpha", alpha, lambda a: a >= 0, "non-negative")
-    scale = 1.0 if norm == "spectral" else w.shape[-1] / w.shape[-2]
-    u, s, vt = _svd(w)
-    t = alpha * scale * s**2
-    return _from_svd(u, s * (1 - 3 * t**2 + 3 * t**3 - t**4), vt).astype(w.dtype)
+    scale = _soft_cap_scale(x, norm)
+
+    def spectrum(s):
+        t = alpha * scale * s**2
+        return s * (1 - 3 * t**2 + 3 * t**3 - t**4)
+
+    return _svd_map(x, w, layout, spectrum)
 
 
 # ----------------------------------------------------------------------------- lookup
@@ -529,3 +508,8 @@ def get_constraint(name: str) -> Callable:
         valid = sorted(set(CONSTRAINTS) | set(_ALIASES))
         raise ValueError(f"unknown constraint name {name!r}; expected one of {valid}.")
     return CONSTRAINTS[key]
+
+
+# The constraints that run a power iteration and take a warm-start vector ``v0``.
+WARM_STARTED: frozenset[Callable] = frozenset(
+    {spectral_normalize, spectral_hammer, spectral_weight_decay})

@@ -34,7 +34,7 @@ zero for the output projections when ``zero_init`` (the reference's ``zero_init`
 from embeddings to logits (:meth:`LipschitzTransformer.from_embeddings`) on the domain of
 sequences whose tokens all have RMS norm ≤ the embedding's largest row RMS.
 
-Layout: attention ``[batch, seq, heads, head_dim]`` (API.md). Parameter names are stable:
+Layout: attention ``[batch, seq, heads, head_dim]``. Parameter names are stable:
 ``embedding``, ``blocks_{i}/attn/{query,key,value,out}/kernel``,
 ``blocks_{i}/mlp/{fc_in,fc_out}/kernel``, ``unembed/kernel``; every constrained matrix is a
 leaf called ``kernel`` (:func:`constraint_labels`).
@@ -50,6 +50,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbounds._checks import check_bool, check_choice, check_int, check_number
+from jaxbounds._labels import label_tree
+from jaxbounds._linalg import rms_operator_norm
 from jaxbounds.attention.rope import apply_rope, rope_1d
 from jaxbounds.attention.softmax import softmax_attention
 
@@ -92,20 +95,6 @@ def lipschitz_gelu(x, *, approximate: bool = True):
     return jax.nn.gelu(x, approximate=approximate) / GELU_DIVISOR[bool(approximate)]
 
 
-def rms_operator_norm(kernel, *, sigma_max=None):
-    """‖W‖_RMS→RMS = √(fan_in/fan_out)·σ_max for a Flax kernel ``[fan_in, fan_out]``.
-
-    ``sigma_max`` may be given (e.g. an exact float64 SVD value); otherwise it is computed
-    with ``jnp.linalg.norm(kernel, 2)`` in the kernel's dtype.
-    """
-    if kernel.ndim != 2:
-        raise ValueError(f"kernel must be [fan_in, fan_out], got shape {kernel.shape}.")
-    fan_in, fan_out = kernel.shape
-    if sigma_max is None:
-        sigma_max = jnp.linalg.norm(kernel, 2)
-    return math.sqrt(fan_in / fan_out) * sigma_max
-
-
 def semi_orthogonal_init(norm: float):
     """Initializer for a kernel ``[fan_in, fan_out]`` with every singular value equal to
     ``norm·√(fan_out/fan_in)``, i.e. RMS→RMS operator norm exactly ``norm`` (the reference
@@ -119,14 +108,8 @@ def semi_orthogonal_init(norm: float):
     return init
 
 
-def _check_positive_int(name: str, value) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
-
-
-def _check_positive(name: str, value) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{name} must be a positive number, got {value!r}.")
+def _positive(name: str, value) -> None:
+    check_number(name, value, low=0, low_open=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,9 +137,9 @@ class LipschitzTransformerConfig:
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_blocks", "num_heads", "context",
                      "mlp_ratio"):
-            _check_positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("residual_scale", "final_scale", "init_norm", "rope_base", "embed_rms"):
-            _check_positive(name, getattr(self, name))
+            _positive(name, getattr(self, name))
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
             raise ValueError(
                 f"d_model={self.d_model} must split into num_heads={self.num_heads} heads of "
@@ -171,11 +154,8 @@ class LipschitzTransformerConfig:
                 f"attention={self.attention!r} is not available in LipschitzTransformer yet: "
                 "its Lipschitz factor has not been derived for the certificate. Only "
                 f"{ATTENTION_TYPES} is implemented.")
-        if self.attention not in ATTENTION_TYPES:
-            raise ValueError(
-                f"attention must be one of {ATTENTION_TYPES}, got {self.attention!r}.")
-        if not isinstance(self.gelu_approximate, bool):
-            raise TypeError(f"gelu_approximate must be a bool, got {self.gelu_approximate!r}.")
+        check_choice("attention", self.attention, ATTENTION_TYPES)
+        check_bool("gelu_approximate", self.gelu_approximate)
 
     @property
     def head_dim(self) -> int:
@@ -199,17 +179,15 @@ class LipschitzMLPConfig:
     init_norm: float = 1.0
 
     def __post_init__(self):
-        _check_positive_int("in_features", self.in_features)
+        check_int("in_features", self.in_features, minimum=1)
         if not isinstance(self.features, tuple) or not self.features:
             raise ValueError(
                 f"features must be a non-empty tuple of layer widths, got {self.features!r}.")
         for width in self.features:
-            _check_positive_int("features[i]", width)
-        if self.activation not in MLP_ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {MLP_ACTIVATIONS}, got {self.activation!r}.")
-        _check_positive("final_scale", self.final_scale)
-        _check_positive("init_norm", self.init_norm)
+            check_int("features[i]", width, minimum=1)
+        check_choice("activation", self.activation, MLP_ACTIVATIONS)
+        _positive("final_scale", self.final_scale)
+        _positive("init_norm", self.init_norm)
 
 
 # --- layers -------------------------------------------------------------------------------
@@ -256,34 +234,16 @@ class LipschitzMLP(nn.Module):
         return cfg.final_scale * x
 
 
-def _rope(x, base: float):
-    """RoPE of ``jaxbounds.attention.rope`` on ``x [batch, seq, heads, head_dim]``. That module
-    computes in float32; for float64 inputs the same rotation is evaluated in float64 here
-    (the float64 soundness tests need a float64 forward pass)."""
-    seq, head_dim = x.shape[1], x.shape[-1]
-    if x.dtype != jnp.float64:
-        return apply_rope(x, rope_1d(seq, head_dim, base=base))
-    half = head_dim // 2
-    freqs = base ** (-2.0 * jnp.arange(half, dtype=jnp.float64) / head_dim)
-    angles = jnp.arange(seq, dtype=jnp.float64)[:, None] * freqs[None, :]
-    angles = jnp.concatenate([angles, angles], axis=-1)[:, None, :]
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * jnp.cos(angles) + rotated * jnp.sin(angles)
-
-
-def _causal_attention(q, k, v, scale: float):
-    """Causal softmax attention, ``softmax_attention(q, k, v, causal=True, scale=scale)``.
-
-    That function (and ``jax.nn.dot_product_attention``) computes in float32; float64 inputs
-    are evaluated with the same formula in float64 here, for the float64 soundness tests.
-    """
-    if q.dtype != jnp.float64:
-        return softmax_attention(q, k, v, causal=True, scale=scale)
-    seq = q.shape[1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    keep = jnp.tril(jnp.ones((seq, seq), bool))
-    probs = jax.nn.softmax(jnp.where(keep, logits, -jnp.inf), axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+def _rope_tables(seq: int, head_dim: int, base: float, dtype):
+    """The ``(sin, cos)`` tables of ``rope_1d``; for float64 activations the angles are
+    taken in float64 (``rope_1d`` builds float32 tables), so that a float64 forward pass is
+    float64 throughout (the soundness tests compare it with NumPy to 1e-10)."""
+    if dtype != jnp.float64:
+        return rope_1d(seq, head_dim, base=base)
+    freqs = base ** (-2.0 * jnp.arange(head_dim // 2, dtype=dtype) / head_dim)
+    angles = jnp.arange(seq, dtype=dtype)[:, None] * freqs[None, :]
+    angles = jnp.concatenate([angles, angles], axis=-1)
+    return jnp.sin(angles), jnp.cos(angles)
 
 
 class LipschitzAttention(nn.Module):
@@ -302,8 +262,9 @@ class LipschitzAttention(nn.Module):
             return y.reshape(batch, seq, heads, head_dim)
 
         q, k, v = project("query"), project("key"), project("value")
-        q, k = _rope(q, cfg.rope_base), _rope(k, cfg.rope_base)
-        y = _causal_attention(q, k, v, 1.0 / head_dim) / 3.0
+        rope = _rope_tables(seq, head_dim, cfg.rope_base, q.dtype)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        y = softmax_attention(q, k, v, causal=True, scale=1.0 / head_dim) / 3.0
         y = y.reshape(batch, seq, d_model)
         return LipschitzDense(d_model, init_norm=cfg.init_norm, zero_init=cfg.zero_init,
                               name="out")(y)
@@ -384,40 +345,28 @@ class LipschitzTransformer(nn.Module):
 # --- helpers for training -----------------------------------------------------------------
 
 
-def _unwrap(params):
-    return params["params"] if isinstance(params, dict) and "params" in params else params
-
-
 def constraint_labels(params, *, constrained: str = "spectral", embedding: str = "embedding",
                       other: str = "none"):
     """A pytree of labels over ``params``: ``constrained`` for every matrix leaf called
     ``kernel`` (the spectrally constrained weights), ``embedding`` for the embedding table
     (row-RMS constrained by :func:`project_embedding`), ``other`` for anything else."""
-
-    def label(path, _):
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name == "kernel":
-            return constrained
-        if name == "embedding":
-            return embedding
-        return other
-
-    return jax.tree_util.tree_map_with_path(label, params)
+    names = {"kernel": constrained, "embedding": embedding}
+    return label_tree(params, lambda name, _: names.get(name, other))
 
 
 def project_embedding(params, max_rms: float = 1.0):
     """Scale every embedding row with RMS norm > ``max_rms`` back to ``max_rms`` (the
     reference's ``embed_project`` with ``max_inflation_factor=1``); other leaves unchanged.
     Keeps the certificate's domain (tokens of RMS ≤ ``max_rms``) fixed during training."""
-    _check_positive("max_rms", max_rms)
+    _positive("max_rms", max_rms)
 
-    def project(path, leaf):
-        if str(getattr(path[-1], "key", path[-1])) != "embedding":
+    def project(name, leaf):
+        if name != "embedding":
             return leaf
         rms = jnp.sqrt(jnp.mean(leaf * leaf, axis=-1, keepdims=True))
         return leaf / jnp.maximum(1.0, rms / max_rms)
 
-    return jax.tree_util.tree_map_with_path(project, params)
+    return label_tree(params, project)
 
 
 def head_slices(config: LipschitzTransformerConfig) -> Sequence[slice]:

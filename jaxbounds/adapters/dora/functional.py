@@ -23,26 +23,16 @@ import jax.numpy as jnp
 from jax import lax
 
 import pallas_kernels
+from jaxbounds._checks import check_array, check_int, check_number, require
 
 _F32 = jnp.float32
 
 
 def lora_scale(alpha: float, rank: int, *, use_rslora: bool = False) -> float:
     """s = α/r, or α/√r with rsLoRA (Kalajdzievski, arXiv 2312.03732)."""
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        raise ValueError(f"rank must be a positive int, got {rank!r}.")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
-        raise ValueError(f"alpha must be a positive number, got {alpha!r}.")
-    return float(alpha) / (rank**0.5 if use_rslora else rank)
-
-
-def _check_float_array(name: str, arr, ndim: int | None = None) -> None:
-    if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
-        raise TypeError(f"{name} must be a jax or numpy array, got {type(arr).__name__}.")
-    if not jnp.issubdtype(arr.dtype, jnp.floating):
-        raise TypeError(f"{name} must have a floating dtype, got {arr.dtype}.")
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have rank {ndim}, got shape {tuple(arr.shape)}.")
+    rank = check_int("rank", rank, minimum=1)
+    alpha = check_number("alpha", alpha, low=0, low_open=True)
+    return alpha / (rank**0.5 if use_rslora else rank)
 
 
 def check_dora_shapes(w0, a, b, magnitude=None) -> tuple[int, int, int]:
@@ -51,9 +41,9 @@ def check_dora_shapes(w0, a, b, magnitude=None) -> tuple[int, int, int]:
     Raises ValueError / TypeError naming the argument, what it got and what was expected:
     non-float dtypes, wrong ranks, mismatched shapes, and r ∉ [1, min(d_in, d_out)].
     """
-    _check_float_array("w0", w0, 2)
-    _check_float_array("a", a, 2)
-    _check_float_array("b", b, 2)
+    w0 = check_array("w0", w0, ndim=2)
+    a = check_array("a", a, ndim=2)
+    b = check_array("b", b, ndim=2)
     d_in, d_out = w0.shape
     rank = a.shape[1]
     if rank < 1 or rank > min(d_in, d_out):
@@ -69,7 +59,7 @@ def check_dora_shapes(w0, a, b, magnitude=None) -> tuple[int, int, int]:
     if tuple(b.shape) != (rank, d_out):
         raise ValueError(f"b must have shape [r={rank}, d_out={d_out}], got {tuple(b.shape)}.")
     if magnitude is not None:
-        _check_float_array("magnitude", magnitude, 1)
+        magnitude = check_array("magnitude", magnitude, ndim=1)
         if magnitude.shape[0] != d_out:
             raise ValueError(
                 f"magnitude must have shape [d_out={d_out}], got {tuple(magnitude.shape)}."
@@ -85,7 +75,7 @@ def _colsum_product(p, q):
 
 def column_sq_norm(w0):
     """colsum(W₀ ⊙ W₀) ∈ [d_out] in float32: cache it, since W₀ is frozen."""
-    _check_float_array("w0", w0, 2)
+    check_array("w0", w0, ndim=2)
     return _colsum_product(w0, w0)
 
 
@@ -117,7 +107,7 @@ def dora_column_norm(w0, a, b, scale, *, w0_sq_norm=None):
     if w0_sq_norm is None:
         w0_sq_norm = column_sq_norm(w0)
     else:
-        _check_float_array("w0_sq_norm", w0_sq_norm, 1)
+        check_array("w0_sq_norm", w0_sq_norm, ndim=1)
         if w0_sq_norm.shape[0] != d_out:
             raise ValueError(
                 f"w0_sq_norm must have shape [d_out={d_out}], got {tuple(w0_sq_norm.shape)}."
@@ -182,9 +172,15 @@ def dora_linear(
 
     Returns:
       [..., d_out] in the promoted dtype of x and w0.
+
+    Raises:
+      ValueError: on mismatched shapes, or a concrete ``magnitude`` with a negative entry
+        (m is a column norm; a traced one is not checked).
+      TypeError: on non-float arrays.
     """
-    _check_float_array("x", x)
+    x = check_array("x", x)
     d_in, d_out, _ = check_dora_shapes(w0, a, b, magnitude)
+    require("magnitude", magnitude, lambda m: m >= 0, "non-negative (a column norm)")
     if x.ndim < 1 or x.shape[-1] != d_in:
         raise ValueError(f"x must have shape [..., d_in={d_in}], got {tuple(x.shape)}.")
     norm = dora_column_norm(w0, a, b, scale, w0_sq_norm=w0_sq_norm)
@@ -230,9 +226,9 @@ def dora_delta(base, lora, g, scale):
 
     Returns the delta in the promoted dtype of (base, lora, g).
     """
-    _check_float_array("base", base)
-    _check_float_array("lora", lora)
-    _check_float_array("g", g)
+    check_array("base", base)
+    check_array("lora", lora)
+    check_array("g", g)
     if base.shape != lora.shape:
         raise ValueError(
             f"lora must have the shape of base {tuple(base.shape)}, got {tuple(lora.shape)}."

@@ -4,7 +4,11 @@
 untouched (raw gradients, and AdamW's decoupled weight decay never reaches them either way).
 Freezing needs ``optax.set_to_zero()`` on the base leaves, which ``freeze_base`` does::
 
-    tx = freeze_base(optax.contrib.muon(1e-3), params)
+    tx = freeze_base(optax.contrib.muon(1e-3))          # labels computed from the params
+    tx = freeze_base(optax.contrib.muon(1e-3), params)  # also checks params has an adapter
+
+Labels are read from each leaf's name (:mod:`jaxbounds._labels`), in linen params dicts and
+in ``nnx.State`` trees alike.
 """
 
 from __future__ import annotations
@@ -12,45 +16,37 @@ from __future__ import annotations
 import jax
 import optax
 
+from jaxbounds._labels import label_tree
 from jaxbounds.adapters.dora.dense import ADAPTER_PARAM_NAMES
 
 ADAPTER = "adapter"
 FROZEN = "frozen"
 
 
-def _leaf_name(path) -> str:
-    last = path[-1]
-    for attr in ("key", "name", "idx"):
-        if hasattr(last, attr):
-            return str(getattr(last, attr))
-    return str(last)
-
-
 def adapter_labels(params):
     """A pytree of ``"adapter"`` (``lora_a``, ``lora_b``, ``magnitude``) / ``"frozen"``
-    (everything else) labels with the structure of ``params``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: ADAPTER if path and _leaf_name(path) in ADAPTER_PARAM_NAMES else FROZEN,
-        params,
-    )
+    (everything else) labels with the structure of ``params`` (linen dict or ``nnx.State``)."""
+    return label_tree(params, lambda name, _: ADAPTER if name in ADAPTER_PARAM_NAMES else FROZEN)
 
 
-def freeze_base(tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
+def freeze_base(tx: optax.GradientTransformation, params=None) -> optax.GradientTransformation:
     """``tx`` on the adapter leaves, ``optax.set_to_zero()`` on every other leaf.
 
     Args:
       tx: any optax transformation (``optax.adamw``, ``optax.contrib.muon``, a chain...).
-      params: the params tree (only its structure and leaf names are used).
+      params: optional params tree (only its structure and leaf names are used). Without it
+        the labels are computed by :func:`adapter_labels` from the params the transform
+        receives, so it can be built before the params exist.
 
     Raises:
-      ValueError: when ``params`` holds no adapter leaf (forgot ``to_dora_params``?).
+      ValueError: when ``params`` is given and holds no adapter leaf (forgot
+        ``to_dora_params``?).
     """
     if not isinstance(tx, optax.GradientTransformation):
         raise TypeError(f"tx must be an optax.GradientTransformation, got {type(tx).__name__}.")
-    labels = adapter_labels(params)
-    if ADAPTER not in jax.tree_util.tree_leaves(labels):
+    if params is not None and ADAPTER not in jax.tree_util.tree_leaves(adapter_labels(params)):
         raise ValueError(
             "params holds no adapter leaf (lora_a, lora_b, magnitude); convert them with "
             "to_dora_params or build the model with DoRADense first."
         )
-    return optax.partition({ADAPTER: tx, FROZEN: optax.set_to_zero()}, labels)
+    return optax.partition({ADAPTER: tx, FROZEN: optax.set_to_zero()}, adapter_labels)
