@@ -15,18 +15,6 @@ import jax.numpy as jnp
 from jaxbounds import _linalg
 
 
-def power_iteration(w: jax.Array, *, num_iters: int = 100, key: jax.Array | None = None):
-    """Top singular triple of ``w`` (shape ``[..., p, q]``) by ``num_iters`` power steps.
-
-    Returns ``(sigma [...], u [..., p], v [..., q])`` with ``W v ≈ σ u``: the ``(sigma, v)``
-    of :func:`jaxbounds._linalg.power_iteration` and u = Wv/σ. A zero matrix gives σ = 0.
-    """
-    sigma, v = _linalg.power_iteration(w, num_iters=num_iters, key=key)
-    wv = jnp.einsum("...pq,...q->...p", jnp.asarray(w, v.dtype), v,
-                    precision=_linalg.HIGHEST)
-    return sigma, wv / jnp.maximum(sigma, jnp.finfo(v.dtype).tiny)[..., None], v
-
-
 def spectral_norm(w: jax.Array, *, num_iters: int = 100, key: jax.Array | None = None):
     """σ_max of ``w`` (``[..., p, q]``, batched) estimated by power iteration."""
     return _linalg.power_iteration(w, num_iters=num_iters, key=key)[0]
