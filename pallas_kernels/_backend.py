@@ -1,40 +1,19 @@
-"""The one place that picks an implementation, and the Pallas version shims.
+"""Device queries and the Pallas version shims, in one place.
 
-``implementation`` is one of:
-
-* ``"xla"``: the plain-JAX reference, on any backend;
-* ``"triton"``: the Pallas kernel compiled with the Triton lowering (CUDA GPUs);
-* ``"interpret"``: the same Pallas kernel run by the Pallas interpreter (CPU, for tests);
-* ``None``: ``"triton"`` on a CUDA GPU, ``"xla"`` everywhere else.
-
-The environment variable ``JAXBOUNDS_IMPLEMENTATION`` overrides the ``None`` default (an
-explicit argument always wins). This mirrors ``jax.nn.dot_product_attention(implementation=)``.
-
-Version shims (``dot``, ``compiler_params``) live here too, so that a kernel file never
-touches a jax-version-specific name and a Mosaic GPU implementation can be added per kernel
-later without touching callers.
+A kernel file never touches a jax-version-specific name: the dot of two loaded blocks, the
+compiler params that select the Triton lowering and the shape structs that carry
+``shard_map`` types all come from here, so that a Mosaic GPU implementation can be added per
+kernel later without touching callers.
 """
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
-
-IMPLEMENTATIONS: tuple[str, ...] = ("xla", "triton", "interpret")
-ENV_VAR = "JAXBOUNDS_IMPLEMENTATION"
+from jax.experimental import pallas as pl
 
 
-def _check_name(value: object, source: str) -> str:
-    if not isinstance(value, str) or value not in IMPLEMENTATIONS:
-        raise ValueError(
-            f"{source} must be one of {IMPLEMENTATIONS} or None, got {value!r}."
-        )
-    return value
-
-
-def default_backend_is_cuda() -> bool:
+def cuda_available() -> bool:
     """True when jax's default device is an NVIDIA (CUDA) GPU."""
     device = jax.devices()[0]
     if device.platform != "gpu":
@@ -43,38 +22,9 @@ def default_backend_is_cuda() -> bool:
     return "rocm" not in version
 
 
-def resolve_implementation(implementation: str | None, *, kernel_preferred: bool = True) -> str:
-    """Return ``"xla"``, ``"triton"`` or ``"interpret"``.
-
-    Args:
-      implementation: an explicit choice, or ``None`` for the default.
-      kernel_preferred: the caller's measured hint for the ``None`` default on a CUDA GPU:
-        False when the kernel is known to be slower than XLA for this call (e.g. the DoRA
-        GEMM on float32 inputs, see docs/dora.md), which then resolves to ``"xla"``. An
-        explicit value or the environment variable always wins.
-
-    Raises:
-      ValueError: for an unknown value (listing the valid ones), or for ``"triton"`` on a
-        machine without a CUDA GPU.
-    """
-    if implementation is None:
-        env = os.environ.get(ENV_VAR, "").strip()
-        if env:
-            implementation = _check_name(env, f"environment variable {ENV_VAR}")
-        else:
-            return "triton" if kernel_preferred and default_backend_is_cuda() else "xla"
-    implementation = _check_name(implementation, "implementation")
-    if implementation == "triton" and not default_backend_is_cuda():
-        raise ValueError(
-            "implementation='triton' needs a CUDA GPU, but jax's default backend is "
-            f"{jax.default_backend()!r}; use 'interpret' to run the kernel on CPU or 'xla'."
-        )
-    return implementation
-
-
-def is_pallas(implementation: str) -> bool:
-    """Whether a resolved implementation goes through ``pl.pallas_call``."""
-    return implementation in ("triton", "interpret")
+def device_kind() -> str:
+    """``jax.devices()[0].device_kind``, e.g. ``"NVIDIA H200"`` (the key of the records)."""
+    return str(jax.devices()[0].device_kind)
 
 
 def compiler_params(*, num_warps: int = 4, num_stages: int = 2):
@@ -111,6 +61,21 @@ def dot(a: jax.Array, b: jax.Array, *, trans_a: bool = False, trans_b: bool = Fa
     )
 
 
+def struct(shape, dtype, like) -> jax.ShapeDtypeStruct:
+    """``jax.ShapeDtypeStruct`` that, under ``shard_map`` (check_vma), varies over the mesh
+    axes ``like`` varies over (the attribute is ``manual_axis_type`` in jax 0.10 and ``vma``
+    in other versions)."""
+    aval = jax.typeof(like)
+    for attr in ("manual_axis_type", "vma"):
+        value = getattr(aval, attr, None)
+        if value is not None:
+            try:
+                return jax.ShapeDtypeStruct(shape, dtype, **{attr: value})
+            except TypeError:
+                continue
+    return jax.ShapeDtypeStruct(shape, dtype)
+
+
 def pad_axis(x: jax.Array, axis: int, multiple: int) -> jax.Array:
     """Zero-pad ``x`` along ``axis`` up to a multiple of ``multiple``.
 
@@ -118,13 +83,9 @@ def pad_axis(x: jax.Array, axis: int, multiple: int) -> jax.Array:
     reads, the Triton lowering does not.
     """
     size = x.shape[axis]
-    target = -(-size // multiple) * multiple
+    target = pl.cdiv(size, multiple) * multiple
     if target == size:
         return x
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, target - size)
     return jnp.pad(x, widths)
-
-
-def next_power_of_2(n: int) -> int:
-    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()

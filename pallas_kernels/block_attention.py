@@ -47,12 +47,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _backend
+from pallas_kernels import _backend, _checks, _tiling
+from pallas_kernels.op import Op
 from pallas_kernels.registry import KernelSpec, register
 
 __all__ = [
@@ -67,55 +69,36 @@ _F32 = jnp.float32
 _NEG_INF = float("-inf")
 
 
-def _is_power_of_two(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and not (
-        value & (value - 1))
-
-
-
-# The Triton lowering of these kernels has not yet been compiled and checked on a GPU by
-# experiments/gpu_check.py. Until it has, implementation=None resolves to "xla" even on
-# a CUDA GPU; "triton" (or JAXBOUNDS_IMPLEMENTATION=triton) still forces the kernel.
-GPU_VERIFIED = False
-
-@dataclasses.dataclass(frozen=True)
-class BlockAttentionBlockSizes:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BlockAttentionBlockSizes(_tiling.BlockSizes):
     """Tiles of the block/sampled attention kernels: powers of two, ≥ 16 (Triton's dot).
 
     ``block_q`` must divide the sorted block size b (a query tile never straddles two
     blocks); in (a), ``block_k`` must divide b too.
     """
 
+    TILES = ("block_q", "block_k")
     block_q: int = 64
     block_k: int = 64
-    num_warps: int = 4
-    num_stages: int = 2
 
     @classmethod
     def default(cls, block_size: int, num_samples: int | None = None,
                 head_dim: int = 64) -> BlockAttentionBlockSizes:
         """64 × 64 tiles, shrunk to b (and, for the samples, to the padded m)."""
         block_q = min(64, block_size)
-        if num_samples is None:
-            block_k = min(64, block_size)
-        else:
-            block_k = min(64, max(16, _backend.next_power_of_2(num_samples)))
+        block_k = min(64, block_size) if num_samples is None else _tiling.fit(num_samples, 64)
         warps = 4 if head_dim <= 64 else 8
         return cls(block_q=block_q, block_k=block_k, num_warps=warps, num_stages=2)
 
-    def validate(self, block_size: int, *, sampled: bool) -> None:
-        for field in ("block_q", "block_k"):
-            value = getattr(self, field)
-            if not _is_power_of_two(value) or value < 16:
-                raise ValueError(
-                    f"block_sizes.{field} must be a power of two >= 16 (Triton's dot), "
-                    f"got {value!r}.")
-        if block_size % self.block_q:
-            raise ValueError(f"block_sizes.block_q={self.block_q} must divide "
-                             f"block_size={block_size}.")
-        if not sampled and block_size % self.block_k:
-            raise ValueError(f"block_sizes.block_k={self.block_k} must divide "
-                             f"block_size={block_size}.")
+    def validate(self, block_size: int | None = None, *, sampled: bool = False) -> None:
+        """The tiles, and (given the sorted block size b) that they divide it."""
+        super().validate()
+        if block_size is not None:
+            _checks.check_divides("block_sizes.block_q", self.block_q, "block_size",
+                                  block_size)
+            if not sampled:
+                _checks.check_divides("block_sizes.block_k", self.block_k, "block_size",
+                                      block_size)
 
 
 # --- references ---------------------------------------------------------------------------
@@ -141,7 +124,7 @@ def block_attention_reference(q, k, v, *, block_size: int, scale: float | None =
 
     q, k [B, H, n, d], v [B, H, n, d_v] (head-major, already sorted); n % block_size == 0.
     """
-    _check_block_inputs(q, k, v, block_size)
+    _checks.check_block_inputs(q, k, v, block_size)
     batch, heads, n, _ = q.shape
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     nb = n // block_size
@@ -159,7 +142,7 @@ def sampled_attention_reference(q, ks, vs, sample_block, *, block_size: int,
 
     q [B, H, n, d]; ks [B, H, m, d]; vs [B, H, m, d_v]; sample_block int [B, H, m].
     """
-    _check_sampled_inputs(q, ks, vs, sample_block, block_size)
+    _checks.check_sampled_inputs(q, ks, vs, sample_block, block_size)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     n = q.shape[2]
     logits = jnp.einsum("bhqd,bhkd->bhqk", q.astype(_F32) * scale, ks.astype(_F32))
@@ -284,43 +267,43 @@ def _dkdv_kernel(q_ref, k_ref, v_ref, *rest, sampled, block_size, block_q, tf32)
 # --- pallas_call wrappers -----------------------------------------------------------------
 
 
-def _call_kwargs(name, blocks, implementation):
-    kwargs = {"interpret": implementation == "interpret", "name": name}
-    if implementation == "triton":
-        kwargs["compiler_params"] = _backend.compiler_params(
-            num_warps=blocks.num_warps, num_stages=blocks.num_stages)
-    return kwargs
+def _keys_of_query_tile(sampled, nk, block_size, bq):
+    """BlockSpecs, on a grid over query tiles, of the keys a tile sees (all nk samples, or
+    the b keys of its sorted block) and of the sample blocks (none in (a))."""
+    if sampled:
+        key_spec = lambda width: pl.BlockSpec((None, nk, width), lambda b, i: (b, 0, 0))
+        return key_spec, [pl.BlockSpec((None, nk), lambda b, i: (b, 0))]
+    ratio = block_size // bq
+    key_spec = lambda width: pl.BlockSpec((None, block_size, width),
+                                          lambda b, i: (b, i // ratio, 0))
+    return key_spec, []
+
+
+def _call(kernel, part, kb, *, block_size, blocks, implementation, **kwargs):
+    """The pallas_call of one kernel (``part`` of its name), for (a) or (b) after ``kb``."""
+    sampled = kb is not None
+    name = f"{'sampled' if sampled else 'block'}_attention_{part}"
+    return _tiling.pallas_call(
+        kernel, name=name, blocks=blocks, implementation=implementation, sampled=sampled,
+        block_size=block_size, tf32=implementation == "triton", **kwargs)
 
 
 def _fwd_pallas(q, k, v, kb, *, block_size, blocks, implementation):
     """q [G, n, d], k [G, nk, d], v [G, nk, dv] (kb [G, nk] when sampled) -> (o, lse)."""
     g, n, d = q.shape
     nk, dv = k.shape[1], v.shape[-1]
-    bq, bk = blocks.block_q, blocks.block_k
-    sampled = kb is not None
-    if sampled:
-        key_spec = lambda width: pl.BlockSpec((None, nk, width), lambda b, i: (b, 0, 0))
-        extra = [pl.BlockSpec((None, nk), lambda b, i: (b, 0))]
-    else:
-        ratio = block_size // bq
-        key_spec = lambda width: pl.BlockSpec((None, block_size, width),
-                                              lambda b, i: (b, i // ratio, 0))
-        extra = []
-    in_specs = [pl.BlockSpec((None, bq, d), lambda b, i: (b, i, 0)), key_spec(d), key_spec(dv),
-                *extra]
-    out_specs = [pl.BlockSpec((None, bq, dv), lambda b, i: (b, i, 0)),
-                 pl.BlockSpec((None, bq), lambda b, i: (b, i))]
-    out_shape = [jax.ShapeDtypeStruct((g, n, dv), q.dtype), jax.ShapeDtypeStruct((g, n), _F32)]
-    kernel = functools.partial(_fwd_kernel, sampled=sampled, block_size=block_size,
-                               block_k=bk, tf32=implementation == "triton")
-    args = (q, k, v, kb) if sampled else (q, k, v)
-    o, lse = pl.pallas_call(
-        kernel, grid=(g, n // bq), in_specs=in_specs, out_specs=out_specs,
-        out_shape=out_shape,
-        **_call_kwargs("sampled_attention_fwd" if sampled else "block_attention_fwd",
-                       blocks, implementation),
-    )(*args)
-    return o, lse
+    bq = blocks.block_q
+    key_spec, kb_specs = _keys_of_query_tile(kb is not None, nk, block_size, bq)
+    return _call(
+        _fwd_kernel, "fwd", kb, block_size=block_size, blocks=blocks,
+        implementation=implementation, block_k=blocks.block_k, grid=(g, n // bq),
+        in_specs=[pl.BlockSpec((None, bq, d), lambda b, i: (b, i, 0)), key_spec(d),
+                  key_spec(dv), *kb_specs],
+        out_specs=[pl.BlockSpec((None, bq, dv), lambda b, i: (b, i, 0)),
+                   pl.BlockSpec((None, bq), lambda b, i: (b, i))],
+        out_shape=[jax.ShapeDtypeStruct((g, n, dv), q.dtype),
+                   jax.ShapeDtypeStruct((g, n), _F32)],
+    )(*(x for x in (q, k, v, kb) if x is not None))
 
 
 def _bwd_pallas(q, k, v, kb, do, lse, delta, *, block_size, blocks, implementation):
@@ -329,30 +312,19 @@ def _bwd_pallas(q, k, v, kb, do, lse, delta, *, block_size, blocks, implementati
     nk, dv_width = k.shape[1], v.shape[-1]
     bq, bk = blocks.block_q, blocks.block_k
     sampled = kb is not None
-    tf32 = implementation == "triton"
+    args = tuple(x for x in (q, k, v, kb, do, lse, delta) if x is not None)
+    common = dict(block_size=block_size, blocks=blocks, implementation=implementation)
 
     # dQ: grid over query tiles, each looping over its key tiles.
-    if sampled:
-        key_spec = lambda width: pl.BlockSpec((None, nk, width), lambda b, i: (b, 0, 0))
-        kb_specs = [pl.BlockSpec((None, nk), lambda b, i: (b, 0))]
-    else:
-        ratio = block_size // bq
-        key_spec = lambda width: pl.BlockSpec((None, block_size, width),
-                                              lambda b, i: (b, i // ratio, 0))
-        kb_specs = []
+    key_spec, kb_specs = _keys_of_query_tile(sampled, nk, block_size, bq)
     q_tile = lambda width: pl.BlockSpec((None, bq, width), lambda b, i: (b, i, 0))
     row_tile = pl.BlockSpec((None, bq), lambda b, i: (b, i))
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, sampled=sampled, block_size=block_size, block_k=bk,
-                          tf32=tf32),
-        grid=(g, n // bq),
+    dq = _call(
+        _dq_kernel, "dq", kb, **common, block_k=bk, grid=(g, n // bq),
         in_specs=[q_tile(d), key_spec(d), key_spec(dv_width), *kb_specs, q_tile(dv_width),
                   row_tile, row_tile],
-        out_specs=q_tile(d),
-        out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        **_call_kwargs("sampled_attention_dq" if sampled else "block_attention_dq",
-                       blocks, implementation),
-    )(*((q, k, v, kb) if sampled else (q, k, v)), do, lse, delta)
+        out_specs=q_tile(d), out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    )(*args)
 
     # dK, dV: grid over key tiles, each looping over the query tiles that see it.
     if sampled:
@@ -366,18 +338,14 @@ def _bwd_pallas(q, k, v, kb, do, lse, delta, *, block_size, blocks, implementati
         query_rows = pl.BlockSpec((None, block_size), lambda b, j: (b, j // ratio))
         kb_specs = []
     k_tile = lambda width: pl.BlockSpec((None, bk, width), lambda b, j: (b, j, 0))
-    dk, dv = pl.pallas_call(
-        functools.partial(_dkdv_kernel, sampled=sampled, block_size=block_size, block_q=bq,
-                          tf32=tf32),
-        grid=(g, nk // bk),
+    dk, dv = _call(
+        _dkdv_kernel, "dkdv", kb, **common, block_q=bq, grid=(g, nk // bk),
         in_specs=[query_spec(d), k_tile(d), k_tile(dv_width), *kb_specs,
                   query_spec(dv_width), query_rows, query_rows],
         out_specs=[k_tile(d), k_tile(dv_width)],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                    jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        **_call_kwargs("sampled_attention_dkdv" if sampled else "block_attention_dkdv",
-                       blocks, implementation),
-    )(*((q, k, v, kb) if sampled else (q, k, v)), do, lse, delta)
+    )(*args)
     return dq, dk, dv
 
 
@@ -410,57 +378,7 @@ def _fused_bwd(block_size, blocks, implementation, residuals, cotangents):
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
-# --- public functions ---------------------------------------------------------------------
-
-
-def _check_array(name, x, ndim):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
-    if x.ndim != ndim:
-        raise ValueError(f"{name} must have rank {ndim}, got shape {tuple(x.shape)}.")
-
-
-def _check_block_size(block_size):
-    if not _is_power_of_two(block_size):
-        raise ValueError(f"block_size must be a power of two (a positive int), got "
-                         f"{block_size!r}.")
-
-
-def _check_block_inputs(q, k, v, block_size) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        _check_array(name, x, 4)
-    if q.shape != k.shape:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must have the same "
-                         "shape [batch, heads, n, d] (sorted blocks are aligned).")
-    if k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree in batch, "
-                         "heads and n.")
-    _check_block_size(block_size)
-    if q.shape[2] % block_size:
-        raise ValueError(f"sequence length n={q.shape[2]} must be a multiple of "
-                         f"block_size={block_size}.")
-
-
-def _check_sampled_inputs(q, ks, vs, sample_block, block_size) -> None:
-    for name, x, nd in (("q", q, 4), ("ks", ks, 4), ("vs", vs, 4),
-                        ("sample_block", sample_block, 3)):
-        _check_array(name, x, nd)
-    if ks.shape[:2] != q.shape[:2] or ks.shape[3] != q.shape[3]:
-        raise ValueError(f"ks {tuple(ks.shape)} must match q {tuple(q.shape)} in batch, "
-                         "heads and head_dim.")
-    if vs.shape[:3] != ks.shape[:3] or tuple(sample_block.shape) != tuple(ks.shape[:3]):
-        raise ValueError(f"vs {tuple(vs.shape)} and sample_block {tuple(sample_block.shape)} "
-                         f"must match ks {tuple(ks.shape)} in batch, heads and m.")
-    if not jnp.issubdtype(sample_block.dtype, jnp.integer):
-        raise TypeError(f"sample_block must have an integer dtype, got {sample_block.dtype}.")
-    _check_block_size(block_size)
-    if q.shape[2] % block_size:
-        raise ValueError(f"sequence length n={q.shape[2]} must be a multiple of "
-                         f"block_size={block_size}.")
-
-
-def _head_width(d: int) -> int:
-    return max(16, _backend.next_power_of_2(d))
+# --- implementations ----------------------------------------------------------------------
 
 
 def _flatten_pad(x, width):
@@ -469,9 +387,61 @@ def _flatten_pad(x, width):
     return jnp.pad(x, ((0, 0), (0, 0), (0, width - d))) if width != d else x
 
 
+def _run_fused(q, k, v, kb, *, block_size, scale, blocks, implementation):
+    """Scale q, flatten batch·heads, pad the head dims, run the kernels, unpad."""
+    batch, heads, n, d = q.shape
+    dv = v.shape[-1]
+    qs = (q.astype(_F32) * scale).astype(q.dtype)
+    k_f, v_f = _flatten_pad(k, _tiling.width(d)), _flatten_pad(v, _tiling.width(dv))
+    if kb is not None:  # pad the samples to the key tile; padding samples are always masked
+        k_f, v_f = (_backend.pad_axis(x, 1, blocks.block_k) for x in (k_f, v_f))
+        kb = kb.astype(jnp.int32).reshape(batch * heads, -1)
+        kb = jnp.pad(kb, ((0, 0), (0, k_f.shape[1] - kb.shape[1])), constant_values=-1)
+    o, lse = _fused(_flatten_pad(qs, _tiling.width(d)), k_f, v_f, kb, block_size, blocks,
+                    implementation)
+    return (o[..., :dv].reshape(batch, heads, n, dv), lse.reshape(batch, heads, n))
+
+
+def _block_xla(q, k, v, *, block_size, scale, block_sizes):
+    del block_sizes
+    return block_attention_reference(q, k, v, block_size=block_size, scale=scale)
+
+
+def _block_kernel_path(q, k, v, *, block_size, scale, block_sizes, implementation):
+    blocks = block_sizes or BlockAttentionBlockSizes.default(block_size, head_dim=q.shape[-1])
+    blocks.validate(block_size, sampled=False)
+    return _run_fused(q, k, v, None, block_size=block_size, scale=scale, blocks=blocks,
+                      implementation=implementation)
+
+
+def _sampled_xla(q, ks, vs, sample_block, *, block_size, scale, block_sizes):
+    del block_sizes
+    return sampled_attention_reference(q, ks, vs, sample_block, block_size=block_size,
+                                       scale=scale)
+
+
+def _sampled_kernel_path(q, ks, vs, sample_block, *, block_size, scale, block_sizes,
+                         implementation):
+    blocks = block_sizes or BlockAttentionBlockSizes.default(block_size, ks.shape[2],
+                                                             head_dim=q.shape[-1])
+    blocks.validate(block_size, sampled=True)
+    return _run_fused(q, ks, vs, sample_block, block_size=block_size, scale=scale,
+                      blocks=blocks, implementation=implementation)
+
+
+_dtype_of_q = lambda q, *_, **__: q.dtype
+_BLOCK = Op.pallas("block_attention", xla=_block_xla, kernel=_block_kernel_path,
+                   dtype_of=_dtype_of_q)
+_SAMPLED = Op.pallas("sampled_attention", xla=_sampled_xla, kernel=_sampled_kernel_path,
+                     dtype_of=_dtype_of_q)
+
+
+# --- public functions ---------------------------------------------------------------------
+
+
 def block_attention(q, k, v, *, block_size: int, scale: float | None = None,
                     block_sizes: BlockAttentionBlockSizes | None = None,
-                    implementation: str | None = None):
+                    implementation: str | Sequence[str] | None = None):
     """(out, lse) of exact attention inside aligned blocks of the (sorted) sequence.
 
     Args:
@@ -479,32 +449,22 @@ def block_attention(q, k, v, *, block_size: int, scale: float | None = None,
       block_size: b, a power of two (≥ 16 on the Pallas paths).
       scale: logit scale c, default 1/√d.
       block_sizes: kernel tiles; default :meth:`BlockAttentionBlockSizes.default`.
-      implementation: "xla" | "triton" | "interpret" | None (see ``_backend``).
+      implementation: "xla" | "triton" | "interpret", a sequence of them tried in order,
+        or None (see :mod:`pallas_kernels.op`).
 
     Returns:
       out [batch, heads, n, d_v] in q's dtype, lse [batch, heads, n] float32.
       Differentiable in q, k, v, including through lse.
     """
-    _check_block_inputs(q, k, v, block_size)
-    implementation = _backend.resolve_implementation(
-        implementation, kernel_preferred=GPU_VERIFIED)
+    _checks.check_block_inputs(q, k, v, block_size)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if implementation == "xla":
-        return block_attention_reference(q, k, v, block_size=block_size, scale=scale)
-    blocks = block_sizes or BlockAttentionBlockSizes.default(block_size, head_dim=q.shape[-1])
-    blocks.validate(block_size, sampled=False)
-    batch, heads, n, d = q.shape
-    dv = v.shape[-1]
-    width, width_v = _head_width(d), _head_width(dv)
-    qs = (q.astype(_F32) * scale).astype(q.dtype)
-    o, lse = _fused(_flatten_pad(qs, width), _flatten_pad(k, width), _flatten_pad(v, width_v),
-                    None, block_size, blocks, implementation)
-    return (o[..., :dv].reshape(batch, heads, n, dv), lse.reshape(batch, heads, n))
+    return _BLOCK(q, k, v, block_size=block_size, scale=scale, block_sizes=block_sizes,
+                  implementation=implementation)
 
 
 def sampled_attention(q, ks, vs, sample_block, *, block_size: int, scale: float | None = None,
                       block_sizes: BlockAttentionBlockSizes | None = None,
-                      implementation: str | None = None):
+                      implementation: str | Sequence[str] | None = None):
     """(out, lse) of all queries against m sampled keys, masking samples in the query's own
     sorted block (``sample_block[s] == i // block_size``) and padding (``< 0``).
 
@@ -518,28 +478,10 @@ def sampled_attention(q, ks, vs, sample_block, *, block_size: int, scale: float 
       and lse −∞ for a query whose samples are all masked. The caller adds log(n/m) to lse
       to estimate the off-block mass. Differentiable in q, ks, vs (including through lse).
     """
-    _check_sampled_inputs(q, ks, vs, sample_block, block_size)
-    implementation = _backend.resolve_implementation(
-        implementation, kernel_preferred=GPU_VERIFIED)
+    _checks.check_sampled_inputs(q, ks, vs, sample_block, block_size)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    if implementation == "xla":
-        return sampled_attention_reference(q, ks, vs, sample_block, block_size=block_size,
-                                           scale=scale)
-    batch, heads, n, d = q.shape
-    m, dv = ks.shape[2], vs.shape[-1]
-    blocks = block_sizes or BlockAttentionBlockSizes.default(block_size, m, head_dim=d)
-    blocks.validate(block_size, sampled=True)
-    width, width_v = _head_width(d), _head_width(dv)
-    qs = (q.astype(_F32) * scale).astype(q.dtype)
-    kb = sample_block.astype(jnp.int32).reshape(batch * heads, m)
-    ks_f = _backend.pad_axis(_flatten_pad(ks, width), 1, blocks.block_k)
-    vs_f = _backend.pad_axis(_flatten_pad(vs, width_v), 1, blocks.block_k)
-    m_pad = ks_f.shape[1]
-    if m_pad != m:  # padding samples are always masked
-        kb = jnp.pad(kb, ((0, 0), (0, m_pad - m)), constant_values=-1)
-    o, lse = _fused(_flatten_pad(qs, width), ks_f, vs_f, kb, block_size, blocks,
-                    implementation)
-    return (o[..., :dv].reshape(batch, heads, n, dv), lse.reshape(batch, heads, n))
+    return _SAMPLED(q, ks, vs, sample_block, block_size=block_size, scale=scale,
+                    block_sizes=block_sizes, implementation=implementation)
 
 
 # --- registration for gpu_check and the kernel tests -------------------------------------

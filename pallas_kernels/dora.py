@@ -28,60 +28,43 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _backend
+from pallas_kernels import _backend, _checks, _tiling
+from pallas_kernels.op import Op
 from pallas_kernels.registry import KernelSpec, register
 
 _F32 = jnp.float32
 
 
-@dataclasses.dataclass(frozen=True)
-class DoRABlockSizes:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DoRABlockSizes(_tiling.BlockSizes):
     """Tile sizes of the fused DoRA GEMM. All powers of two, ≥ 16 (Triton's dot)."""
 
+    TILES = ("block_m", "block_n", "block_k", "block_r")
     block_m: int = 64
     block_n: int = 64
     block_k: int = 32
     block_r: int = 16
-    num_warps: int = 4
     num_stages: int = 3
 
     @classmethod
-    def default(cls, tokens: int, d_in: int, d_out: int, rank: int,
-                dtype=jnp.float32) -> DoRABlockSizes:
-        """Blocks chosen from the shapes and dtype: large tiles for large problems, never
-        above the (power-of-two rounded) problem size so that small problems are not
-        over-padded; narrower tiles for 4-byte inputs (shared memory per stage)."""
-
-        def fit(n: int, cap: int) -> int:
-            return max(16, min(cap, _backend.next_power_of_2(n)))
-
+    def default(cls, tokens: int, d_in: int, d_out: int, rank: int, dtype=jnp.float32, *,
+                device_kind: str | None = None) -> DoRABlockSizes:
+        """The tuned caps of ``device_kind`` (default: this machine's) for problems with
+        ``tokens·d_out >= 2^20``, the generic caps below that, each cap fitted to the
+        (power-of-two rounded) problem size so that small problems are not over-padded."""
+        if device_kind is None:
+            device_kind = _backend.device_kind()
         big = tokens * d_out >= 1 << 20
-        if not big:
-            return cls(block_m=fit(tokens, 64), block_n=fit(d_out, 64), block_k=fit(d_in, 32),
-                       block_r=fit(rank, 16), num_warps=4, num_stages=3)
-        # Large problems: the fastest configurations of experiments/tune_dora.py on an H200
-        # at (T, d_in, d_out, r) = (2048, 8192, 8192, 384).
-        if jnp.dtype(dtype).itemsize >= 4:
-            return cls(block_m=fit(tokens, 128), block_n=fit(d_out, 128), block_k=fit(d_in, 32),
-                       block_r=fit(rank, 32), num_warps=4, num_stages=3)
-        # (128 × 256 tiles were ~20% faster for the forward alone, but with the residual h
-        # output of the differentiated forward they exceed the H200's shared memory.)
-        return cls(block_m=fit(tokens, 128), block_n=fit(d_out, 128), block_k=fit(d_in, 64),
-                   block_r=fit(rank, 64), num_warps=8, num_stages=3)
-
-    def validate(self) -> None:
-        for field in ("block_m", "block_n", "block_k", "block_r"):
-            value = getattr(self, field)
-            if not isinstance(value, int) or value < 16 or value & (value - 1):
-                raise ValueError(
-                    f"block_sizes.{field} must be a power of two >= 16 (Triton's dot), "
-                    f"got {value!r}."
-                )
+        caps = cls.tuned("dora_matmul", dtype, device_kind if big else None)
+        sizes = dict(block_m=tokens, block_n=d_out, block_k=d_in, block_r=rank)
+        return cls(**{k: _tiling.fit(sizes[k], v) if k in sizes else v
+                      for k, v in caps.items()})
 
 
 def dora_matmul_reference(x, w0, xa, b, g, *, scale=1.0):
@@ -136,7 +119,6 @@ def _dora_matmul_pallas(x, w0, xa_scaled, b, g, *, blocks, implementation, with_
     n_p = w0_p.shape[1]
     r_p = xa_p.shape[1]
 
-    grid = (t_p // bm, n_p // bn)
     in_specs = [
         pl.BlockSpec((bm, k_p), lambda i, j: (i, 0)),
         pl.BlockSpec((k_p, bn), lambda i, j: (0, j)),
@@ -144,27 +126,14 @@ def _dora_matmul_pallas(x, w0, xa_scaled, b, g, *, blocks, implementation, with_
         pl.BlockSpec((r_p, bn), lambda i, j: (0, j)),
         pl.BlockSpec((bn,), lambda i, j: (j,)),
     ]
-    out_shape = [jax.ShapeDtypeStruct((t_p, n_p), out_dtype)]
-    out_specs = [pl.BlockSpec((bm, bn), lambda i, j: (i, j))]
-    if with_unscaled:  # h in the output dtype: bf16 h halves the epilogue's shared memory
-        out_shape.append(jax.ShapeDtypeStruct((t_p, n_p), out_dtype))
-        out_specs.append(pl.BlockSpec((bm, bn), lambda i, j: (i, j)))
-
-    kwargs = {}
-    if implementation == "triton":
-        kwargs["compiler_params"] = _backend.compiler_params(
-            num_warps=blocks.num_warps, num_stages=blocks.num_stages
-        )
-    outs = pl.pallas_call(
-        functools.partial(_dora_matmul_kernel, block_k=bk, block_r=br,
-                          tf32=implementation == "triton"),
-        grid=grid,
-        in_specs=in_specs,
-        out_specs=out_specs,
-        out_shape=out_shape,
-        interpret=implementation == "interpret",
-        name="dora_matmul",
-        **kwargs,
+    # with_unscaled: h in the output dtype too (bf16 h halves the epilogue's shared memory)
+    count = 2 if with_unscaled else 1
+    outs = _tiling.pallas_call(
+        _dora_matmul_kernel, name="dora_matmul", blocks=blocks, implementation=implementation,
+        grid=(t_p // bm, n_p // bn), in_specs=in_specs,
+        out_specs=[pl.BlockSpec((bm, bn), lambda i, j: (i, j))] * count,
+        out_shape=[jax.ShapeDtypeStruct((t_p, n_p), out_dtype)] * count,
+        block_k=bk, block_r=br, tf32=implementation == "triton",
     )(x_p, w0_p, xa_p, b_p, g_p)
     outs = [o[:tokens, :d_out] for o in outs]
     return outs if with_unscaled else outs[0]
@@ -232,23 +201,24 @@ def _dora_matmul_fused_bwd(blocks, implementation, dtypes, residuals, dy):
 _dora_matmul_fused.defvjp(_dora_matmul_fused_fwd, _dora_matmul_fused_bwd, symbolic_zeros=True)
 
 
-def _check_inputs(x, w0, xa, b, g) -> None:
-    for name, arr, ndim in (("x", x, 2), ("w0", w0, 2), ("xa", xa, 2), ("b", b, 2), ("g", g, 1)):
-        if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
-            raise TypeError(f"{name} must be an array, got {type(arr).__name__}.")
-        if arr.ndim != ndim:
-            raise ValueError(f"{name} must have rank {ndim}, got shape {tuple(arr.shape)}.")
-        if not jnp.issubdtype(arr.dtype, jnp.floating):
-            raise TypeError(f"{name} must have a floating dtype, got {arr.dtype}.")
-    tokens, d_in = x.shape
-    d_out, rank = w0.shape[1], b.shape[0]
-    expected = {"w0": (d_in, d_out), "xa": (tokens, rank), "b": (rank, d_out), "g": (d_out,)}
-    for name, arr in (("w0", w0), ("xa", xa), ("b", b), ("g", g)):
-        if tuple(arr.shape) != expected[name]:
-            raise ValueError(
-                f"{name} must have shape {expected[name]} (from x {tuple(x.shape)}, "
-                f"w0 {tuple(w0.shape)}, b {tuple(b.shape)}), got {tuple(arr.shape)}."
-            )
+def _dora_matmul_xla(x, w0, xa, b, g, *, scale, block_sizes):
+    del block_sizes
+    return dora_matmul_reference(x, w0, xa, b, g, scale=scale)
+
+
+def _dora_matmul_kernel_path(x, w0, xa, b, g, *, scale, block_sizes, implementation):
+    blocks = block_sizes or DoRABlockSizes.default(
+        x.shape[0], x.shape[1], w0.shape[1], b.shape[0], jnp.result_type(x.dtype, w0.dtype))
+    blocks.validate()
+    # s is folded into the thin [T, r] operand outside the kernel: no array constant is
+    # closed over, and its gradient comes from ordinary autodiff.
+    xa_scaled = (xa.astype(_F32) * jnp.asarray(scale, _F32)).astype(xa.dtype)
+    dtypes = tuple(jnp.dtype(v.dtype) for v in (x, w0, xa_scaled, b, g))
+    return _dora_matmul_fused(x, w0, xa_scaled, b, g, blocks, implementation, dtypes)
+
+
+_DORA_MATMUL = Op.pallas("dora_matmul", xla=_dora_matmul_xla, kernel=_dora_matmul_kernel_path,
+                         dtype_of=lambda x, w0, *_, **__: jnp.result_type(x.dtype, w0.dtype))
 
 
 def dora_matmul(
@@ -260,7 +230,7 @@ def dora_matmul(
     *,
     scale=1.0,
     block_sizes: DoRABlockSizes | None = None,
-    implementation: str | None = None,
+    implementation: str | Sequence[str] | None = None,
 ):
     """Fused DoRA GEMM: y = g ⊙ (x·W₀ + s·(xA)·B).
 
@@ -272,29 +242,17 @@ def dora_matmul(
       g: [d_out] DoRA column scale m / ‖W₀ + sAB‖.
       scale: the LoRA scale s (Python number or scalar array).
       block_sizes: tile sizes; default :meth:`DoRABlockSizes.default`.
-      implementation: "xla" | "triton" | "interpret" | None (see ``_backend``). ``None``
-        on a CUDA GPU picks "triton" for 16-bit inputs and "xla" for float32 ones (measured:
-        the kernel is slower than cuBLAS TF32 there); pass "triton" to force the kernel.
+      implementation: a name in :data:`~pallas_kernels.op.IMPLEMENTATIONS`, a sequence of
+        them tried in order, or None (see :mod:`pallas_kernels.op`). In the default
+        sequence on a CUDA GPU the kernel runs only where the GPU records prefer it (on an
+        H200: 16-bit inputs; in float32 it is slower than cuBLAS TF32).
 
     Returns:
       [T, d_out] in the promoted dtype of x and w0. Differentiable in every array argument.
     """
-    _check_inputs(x, w0, xa, b, g)
-    # Measured on an H200 (docs/dora.md): the kernel beats XLA on 16-bit inputs; on float32
-    # it runs at about a third of cuBLAS's TF32 speed, so the default then stays on XLA.
-    base_dtype = jnp.result_type(x.dtype, w0.dtype)
-    implementation = _backend.resolve_implementation(
-        implementation, kernel_preferred=jnp.dtype(base_dtype).itemsize <= 2)
-    if implementation == "xla":
-        return dora_matmul_reference(x, w0, xa, b, g, scale=scale)
-    blocks = block_sizes or DoRABlockSizes.default(
-        x.shape[0], x.shape[1], w0.shape[1], b.shape[0], jnp.result_type(x.dtype, w0.dtype))
-    blocks.validate()
-    # s is folded into the thin [T, r] operand outside the kernel: no array constant is
-    # closed over, and its gradient comes from ordinary autodiff.
-    xa_scaled = (xa.astype(_F32) * jnp.asarray(scale, _F32)).astype(xa.dtype)
-    dtypes = tuple(jnp.dtype(v.dtype) for v in (x, w0, xa_scaled, b, g))
-    return _dora_matmul_fused(x, w0, xa_scaled, b, g, blocks, implementation, dtypes)
+    _checks.check_dora_inputs(x, w0, xa, b, g)
+    return _DORA_MATMUL(x, w0, xa, b, g, scale=scale, block_sizes=block_sizes,
+                        implementation=implementation)
 
 
 # --- registration for gpu_check and the kernel tests -------------------------------------

@@ -44,12 +44,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels import _backend
+from pallas_kernels import _backend, _checks, _tiling
+from pallas_kernels.op import Op
 from pallas_kernels.registry import KernelSpec, register
 
 _F32 = jnp.float32
@@ -60,22 +62,15 @@ __all__ = [
     "causal_linear_attention_reference",
     "causal_linear_attention_sums",
     "causal_linear_attention_sums_reference",
-    "linear_attention_sums_chunked_xla",
 ]
 
 
-
-# The Triton lowering of these kernels has not yet been compiled and checked on a GPU by
-# experiments/gpu_check.py. Until it has, implementation=None resolves to "xla" even on
-# a CUDA GPU; "triton" (or JAXBOUNDS_IMPLEMENTATION=triton) still forces the kernel.
-GPU_VERIFIED = False
-
-@dataclasses.dataclass(frozen=True)
-class LinearAttentionBlockSizes:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LinearAttentionBlockSizes(_tiling.BlockSizes):
     """The chunk length (a power of two ≥ 16) and the Triton launch parameters."""
 
+    TILES = ("chunk",)
     chunk: int = 64
-    num_warps: int = 4
     num_stages: int = 1
     tf32: bool = True  # TF32 tensor-core products for float32 operands (Triton only)
 
@@ -83,17 +78,9 @@ class LinearAttentionBlockSizes:
     def default(cls, seq_len: int, features: int, value_dim: int) -> LinearAttentionBlockSizes:
         """Chunk 64, never above the (power-of-two rounded) sequence; 32 when the carried
         state [F, dv] is large (register pressure: the state lives in registers)."""
-        chunk = 64 if features * value_dim <= 128 * 128 else 32
-        chunk = max(16, min(chunk, _backend.next_power_of_2(seq_len)))
+        chunk = _tiling.fit(seq_len, 64 if features * value_dim <= 128 * 128 else 32)
         num_warps = 4 if features * value_dim <= 64 * 64 else 8
         return cls(chunk=chunk, num_warps=num_warps)
-
-    def validate(self) -> None:
-        c = self.chunk
-        if not isinstance(c, int) or c < 16 or c & (c - 1):
-            raise ValueError(
-                f"block_sizes.chunk must be a power of two >= 16 (Triton's dot), got {c!r}."
-            )
 
 
 # --- references ---------------------------------------------------------------------------
@@ -107,21 +94,6 @@ def _zero_state(qn, v):
     like = jnp.zeros_like(qn[:, 0, :, :1] * v[:, 0, :, :1], dtype=_F32)  # [B, H, 1]
     return (jnp.zeros((b, h, f, v.shape[-1]), _F32) + like[..., None],
             jnp.zeros((b, h, f), _F32) + like)
-
-
-def _struct(shape, dtype, like):
-    """``jax.ShapeDtypeStruct`` that, under ``shard_map`` (check_vma), varies over the mesh
-    axes ``like`` varies over (the attribute is ``manual_axis_type`` in jax 0.10 and ``vma``
-    in other versions)."""
-    aval = jax.typeof(like)
-    for attr in ("manual_axis_type", "vma"):
-        value = getattr(aval, attr, None)
-        if value is not None:
-            try:
-                return jax.ShapeDtypeStruct(shape, dtype, **{attr: value})
-            except TypeError:
-                continue
-    return jax.ShapeDtypeStruct(shape, dtype)
 
 
 def causal_linear_attention_sums_reference(qn, kn, qd, kd, v, s0=None, z0=None):
@@ -157,31 +129,29 @@ def causal_linear_attention_reference(qn, kn, qd, kd, v, s0=None, z0=None, *, ep
     return _normalise(num, den, eps, count).astype(v.dtype), s, z
 
 
-def linear_attention_sums_chunked_xla(qn, kn, qd, kd, v, s0=None, z0=None, *, chunk=64):
+def _sums_xla(qn, kn, qd, kd, v, s0, z0, *, block_sizes):
     """The ``"xla"`` implementation: the chunked algorithm in plain JAX, linear in N.
 
-    A ``lax.scan`` over chunks of ``chunk`` tokens carries ``(S, z)``; each step computes
-    its chunk's intra-chunk terms (a masked C×C product: quadratic only within the chunk),
-    the inter-chunk terms ``qn_c·S``, ``qd_c·z``, and folds ``kn_cᵀ v_c`` into S. The working
-    set of a step is one chunk (cache friendly); the largest arrays are the inputs and
-    outputs, and in the backward the per-chunk carries ``[N/C, F, dv]`` that autodiff keeps:
-    never an ``[N, F, dv]`` cumulative state. Differentiated by JAX.
+    A ``lax.scan`` over chunks carries ``(S, z)``; each step computes its chunk's
+    intra-chunk terms (a masked C×C product: quadratic only within the chunk), the
+    inter-chunk terms ``qn_c·S``, ``qd_c·z``, and folds ``kn_cᵀ v_c`` into S. The step is
+    checkpointed: the backward recomputes a chunk's C×C products instead of storing them, so
+    what autodiff keeps is the inputs and the per-chunk carries ``[N/C, F, dv]``, never an
+    ``[N, F, dv]`` cumulative state nor ``[N, C]`` weights.
     """
-    if s0 is None or z0 is None:
-        s0, z0 = _zero_state(qn, v)
-    b, n, h, f = qn.shape
+    b, n, h, _ = qn.shape
     dv = v.shape[-1]
-    chunk = max(1, min(chunk, n))
+    chunk = max(1, min(block_sizes.chunk, n))
     qn, kn, qd, kd, v = (_backend.pad_axis(x, 1, chunk) for x in (qn, kn, qd, kd, v))
     nc = qn.shape[1] // chunk
-    split = lambda x: x.reshape(b, nc, chunk, h, x.shape[-1])
-    qn_c, kn_c, qd_c, kd_c, v_c = map(split, (qn, kn, qd, kd, v))
+    # [b, nc·C, h, .] -> [nc, b, C, h, .] and back
+    to_chunks = lambda x: jnp.swapaxes(x.reshape(b, nc, chunk, h, x.shape[-1]), 0, 1)
     ein = functools.partial(jnp.einsum, preferred_element_type=_F32)
     mask = jnp.tril(jnp.ones((chunk, chunk), bool))[None, None]
 
     def step(carry, x):
         """Chunk c: intra-chunk (masked C×C) terms, its queries against the state of chunks
-        < c, then fold chunk c into the state. The working set is one chunk."""
+        < c, then fold chunk c into the state."""
         s, z = carry
         qn_i, kn_i, qd_i, kd_i, v_i = x  # [b, C, h, .]
         a = jnp.where(mask, ein("bihf,bjhf->bhij", qn_i, kn_i), 0.0)
@@ -192,16 +162,14 @@ def linear_attention_sums_chunked_xla(qn, kn, qd, kd, v, s0=None, z0=None, *, ch
         z = z + jnp.sum(kd_i.astype(_F32), axis=1)
         return (s, z), (num_i, den_i)
 
-    chunk_first = lambda x: jnp.swapaxes(x, 0, 1)  # [nc, b, C, h, .] <-> [b, nc, C, h, .]
-    xs = tuple(map(chunk_first, (qn_c, kn_c, qd_c, kd_c, v_c)))
+    xs = tuple(map(to_chunks, (qn, kn, qd, kd, v)))
     # "+ zeros_like": under shard_map the carry must vary over the mesh axes the inputs vary
     # over (a zero initial state is otherwise mesh-invariant and the scan rejects it).
     like = jnp.zeros_like(xs[0][0, :, 0, :, :1] * xs[4][0, :, 0, :, :1], dtype=_F32)  # [b,h,1]
     init = (s0.astype(_F32) + like[..., None], z0.astype(_F32) + like)
-    (s_fin, z_fin), (num, den) = jax.lax.scan(step, init, xs)
-    num, den = chunk_first(num), chunk_first(den)
-    num = num.reshape(b, nc * chunk, h, dv)[:, :n]
-    den = den.reshape(b, nc * chunk, h)[:, :n]
+    (s_fin, z_fin), (num, den) = jax.lax.scan(jax.checkpoint(step), init, xs)
+    num = jnp.swapaxes(num, 0, 1).reshape(b, nc * chunk, h, dv)[:, :n]
+    den = jnp.swapaxes(den, 0, 1).reshape(b, nc * chunk, h)[:, :n]
     return num, den, s_fin, z_fin
 
 
@@ -214,30 +182,53 @@ def _tril(chunk):
     return col <= row
 
 
-def _fwd_kernel(qn_ref, kn_ref, qd_ref, kd_ref, v_ref, s0_ref, z0_ref,
-                num_ref, den_ref, s_ref, z_ref, *, chunk, tf32):
-    """One (batch, head): loop over chunks carrying S [F, dv] and z [F] in float32."""
-    num_chunks = qn_ref.shape[0] // chunk
+def _scan_chunks(seq_ref, chunk, tf32, step, init_refs, *, reverse=False):
+    """``fori_loop`` over the chunks of one (batch, head) (``seq_ref`` has its rows), in
+    reverse order when asked.
+
+    ``step(rows, carry, mask, dot)`` gets the chunk's row slice, the float32 carry, the
+    causal C×C mask and the block product; the carry starts from ``init_refs`` in float32.
+    """
+    num_chunks = seq_ref.shape[0] // chunk
     mask = _tril(chunk)
     dot = functools.partial(_backend.dot, tf32=tf32)
 
-    def body(c, carry):
-        s, z = carry
+    def body(it, carry):
+        c = num_chunks - 1 - it if reverse else it
         rows = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
+        return step(rows, carry, mask, dot)
+
+    init = tuple(ref[...].astype(_F32) for ref in init_refs)
+    return jax.lax.fori_loop(0, num_chunks, body, init)
+
+
+def _fold(kn, kd, v, s, z, dot):
+    """The state after a chunk: S + knᵀ v, z + colsum(kd)."""
+    return s + dot(kn, v, trans_a=True), z + jnp.sum(kd.astype(_F32), axis=0)
+
+
+def _store(rows, **outputs):
+    """Write each (ref, value) of ``outputs`` at ``rows`` in the ref's dtype."""
+    for ref, value in outputs.values():
+        ref[(rows,) + (slice(None),) * (len(ref.shape) - 1)] = value.astype(ref.dtype)
+
+
+def _fwd_kernel(qn_ref, kn_ref, qd_ref, kd_ref, v_ref, s0_ref, z0_ref,
+                num_ref, den_ref, s_ref, z_ref, *, chunk, tf32):
+    """One (batch, head): loop over chunks carrying S [F, dv] and z [F] in float32."""
+
+    def step(rows, carry, mask, dot):
+        s, z = carry
         qn, kn, v = qn_ref[rows, :], kn_ref[rows, :], v_ref[rows, :]
         qd, kd = qd_ref[rows, :], kd_ref[rows, :]
         a = jnp.where(mask, dot(qn, kn, trans_b=True), 0.0)
-        num = dot(a, v) + dot(qn, s)
         bmat = jnp.where(mask, dot(qd, kd, trans_b=True), 0.0)
-        den = jnp.sum(bmat, axis=1) + jnp.sum(qd.astype(_F32) * z[None, :], axis=1)
-        num_ref[rows, :] = num.astype(num_ref.dtype)
-        den_ref[rows] = den.astype(den_ref.dtype)
-        s = s + dot(kn, v, trans_a=True)
-        z = z + jnp.sum(kd.astype(_F32), axis=0)
-        return s, z
+        _store(rows, num=(num_ref, dot(a, v) + dot(qn, s)),
+               den=(den_ref, jnp.sum(bmat, axis=1)
+                    + jnp.sum(qd.astype(_F32) * z[None, :], axis=1)))
+        return _fold(kn, kd, v, s, z, dot)
 
-    init = (s0_ref[...].astype(_F32), z0_ref[...].astype(_F32))
-    s, z = jax.lax.fori_loop(0, num_chunks, body, init)
+    s, z = _scan_chunks(qn_ref, chunk, tf32, step, (s0_ref, z0_ref))
     s_ref[...] = s.astype(s_ref.dtype)
     z_ref[...] = z.astype(z_ref.dtype)
 
@@ -245,57 +236,38 @@ def _fwd_kernel(qn_ref, kn_ref, qd_ref, kd_ref, v_ref, s0_ref, z0_ref,
 def _bwd_dq_kernel(kn_ref, kd_ref, v_ref, dnum_ref, dden_ref, s0_ref, z0_ref,
                    dqn_ref, dqd_ref, *, chunk, tf32):
     """Forward scan: dqn = tril(dnum vᵀ) kn + dnum Sᵀ, dqd = tril(dden 1ᵀ) kd + dden zᵀ."""
-    num_chunks = kn_ref.shape[0] // chunk
-    mask = _tril(chunk)
-    dot = functools.partial(_backend.dot, tf32=tf32)
 
-    def body(c, carry):
+    def step(rows, carry, mask, dot):
         s, z = carry
-        rows = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
         kn, kd, v = kn_ref[rows, :], kd_ref[rows, :], v_ref[rows, :]
         dnum, dden = dnum_ref[rows, :], dden_ref[rows].astype(_F32)
         p = jnp.where(mask, dot(dnum, v, trans_b=True), 0.0)
-        dqn = dot(p, kn) + dot(dnum, s, trans_b=True)
         wd = jnp.where(mask, dden[:, None], 0.0)
-        dqd = dot(wd, kd) + dden[:, None] * z[None, :]
-        dqn_ref[rows, :] = dqn.astype(dqn_ref.dtype)
-        dqd_ref[rows, :] = dqd.astype(dqd_ref.dtype)
-        s = s + dot(kn, v, trans_a=True)
-        z = z + jnp.sum(kd.astype(_F32), axis=0)
-        return s, z
+        _store(rows, dqn=(dqn_ref, dot(p, kn) + dot(dnum, s, trans_b=True)),
+               dqd=(dqd_ref, dot(wd, kd) + dden[:, None] * z[None, :]))
+        return _fold(kn, kd, v, s, z, dot)
 
-    init = (s0_ref[...].astype(_F32), z0_ref[...].astype(_F32))
-    jax.lax.fori_loop(0, num_chunks, body, init)
+    _scan_chunks(kn_ref, chunk, tf32, step, (s0_ref, z0_ref))
 
 
 def _bwd_dkv_kernel(qn_ref, kn_ref, qd_ref, v_ref, dnum_ref, dden_ref, ds_ref, dz_ref,
                     dkn_ref, dkd_ref, dv_ref, ds0_ref, dz0_ref, *, chunk, tf32):
     """Reverse scan with R = dS_N + Σ_later qnᵀ dnum and r = dz_N + Σ_later dden qd."""
-    num_chunks = qn_ref.shape[0] // chunk
-    mask = _tril(chunk)
-    dot = functools.partial(_backend.dot, tf32=tf32)
 
-    def body(it, carry):
+    def step(rows, carry, mask, dot):
         big_r, r = carry
-        c = num_chunks - 1 - it
-        rows = pl.ds(pl.multiple_of(c * chunk, chunk), chunk)
         qn, kn, qd, v = qn_ref[rows, :], kn_ref[rows, :], qd_ref[rows, :], v_ref[rows, :]
         dnum, dden = dnum_ref[rows, :], dden_ref[rows].astype(_F32)
         a = jnp.where(mask, dot(qn, kn, trans_b=True), 0.0)  # [i, j]
         p = jnp.where(mask, dot(dnum, v, trans_b=True), 0.0)  # [i, j]
-        dv = dot(a, dnum, trans_a=True) + dot(kn, big_r)
-        dkn = dot(p, qn, trans_a=True) + dot(v, big_r, trans_b=True)
         wd = jnp.where(mask, dden[:, None], 0.0)  # [i, j] = dden_i for j ≤ i
-        dkd = dot(wd, qd, trans_a=True) + r[None, :]
-        dv_ref[rows, :] = dv.astype(dv_ref.dtype)
-        dkn_ref[rows, :] = dkn.astype(dkn_ref.dtype)
-        dkd_ref[rows, :] = dkd.astype(dkd_ref.dtype)
-        big_r = big_r + dot(qn, dnum, trans_a=True)
-        r = r + jnp.sum(dden[:, None] * qd.astype(_F32), axis=0)
-        return big_r, r
+        _store(rows, dv=(dv_ref, dot(a, dnum, trans_a=True) + dot(kn, big_r)),
+               dkn=(dkn_ref, dot(p, qn, trans_a=True) + dot(v, big_r, trans_b=True)),
+               dkd=(dkd_ref, dot(wd, qd, trans_a=True) + r[None, :]))
+        return (big_r + dot(qn, dnum, trans_a=True),
+                r + jnp.sum(dden[:, None] * qd.astype(_F32), axis=0))
 
-    init = (ds_ref[...].astype(_F32), dz_ref[...].astype(_F32))
-    big_r, r = jax.lax.fori_loop(0, num_chunks, body, init)
+    big_r, r = _scan_chunks(qn_ref, chunk, tf32, step, (ds_ref, dz_ref), reverse=True)
     ds0_ref[...] = big_r.astype(ds0_ref.dtype)
     dz0_ref[...] = r.astype(dz0_ref.dtype)
 
@@ -313,16 +285,10 @@ def _specs(n, f, dv):
 
 
 def _call(kernel, name, grid, in_specs, out_specs, out_shape, blocks, implementation):
-    kwargs = {}
-    if implementation == "triton":
-        kwargs["compiler_params"] = _backend.compiler_params(
-            num_warps=blocks.num_warps, num_stages=blocks.num_stages)
-    tf32 = implementation == "triton" and blocks.tf32
-    return pl.pallas_call(
-        functools.partial(kernel, chunk=blocks.chunk, tf32=tf32),
-        grid=grid, in_specs=in_specs, out_specs=out_specs, out_shape=out_shape,
-        interpret=implementation == "interpret", name=name, **kwargs,
-    )
+    return _tiling.pallas_call(
+        kernel, name=name, blocks=blocks, implementation=implementation, grid=grid,
+        in_specs=in_specs, out_specs=out_specs, out_shape=out_shape, chunk=blocks.chunk,
+        tf32=implementation == "triton" and blocks.tf32)
 
 
 def _fwd_pallas(qn, kn, qd, kd, v, s0, z0, blocks, implementation):
@@ -330,10 +296,10 @@ def _fwd_pallas(qn, kn, qd, kd, v, s0, z0, blocks, implementation):
     dv = v.shape[-1]
     seq_f, seq_v, seq_1, state, state_1 = _specs(n, f, dv)
     out_shape = [
-        _struct((b, n, h, dv), _F32, qn),
-        _struct((b, h, n), _F32, qn),
-        _struct((b, h, f, dv), _F32, qn),
-        _struct((b, h, f), _F32, qn),
+        _backend.struct((b, n, h, dv), _F32, qn),
+        _backend.struct((b, h, n), _F32, qn),
+        _backend.struct((b, h, f, dv), _F32, qn),
+        _backend.struct((b, h, f), _F32, qn),
     ]
     return _call(_fwd_kernel, "linear_attention_fwd", (b, h),
                  [seq_f, seq_f, seq_f, seq_f, seq_v, state, state_1],
@@ -345,7 +311,7 @@ def _bwd_pallas(qn, kn, qd, kd, v, s0, z0, dnum, dden, ds, dz, blocks, implement
     b, n, h, f = qn.shape
     dv = v.shape[-1]
     seq_f, seq_v, seq_1, state, state_1 = _specs(n, f, dv)
-    sds = lambda x: _struct(x.shape, x.dtype, x)
+    sds = lambda x: _backend.struct(x.shape, x.dtype, x)
     dqn, dqd = _call(
         _bwd_dq_kernel, "linear_attention_bwd_dq", (b, h),
         [seq_f, seq_f, seq_v, seq_v, seq_1, state, state_1], [seq_f, seq_f],
@@ -355,7 +321,8 @@ def _bwd_pallas(qn, kn, qd, kd, v, s0, z0, dnum, dden, ds, dz, blocks, implement
         _bwd_dkv_kernel, "linear_attention_bwd_dkv", (b, h),
         [seq_f, seq_f, seq_f, seq_v, seq_v, seq_1, state, state_1],
         [seq_f, seq_f, seq_v, state, state_1],
-        [sds(kn), sds(kd), sds(v), _struct(s0.shape, _F32, s0), _struct(z0.shape, _F32, z0)],
+        [sds(kn), sds(kd), sds(v), _backend.struct(s0.shape, _F32, s0),
+         _backend.struct(z0.shape, _F32, z0)],
         blocks, implementation,
     )(qn, kn, qd, v, dnum, dden, ds, dz)
     return dqn, dkn, dqd, dkd, dvv, ds0, dz0
@@ -384,38 +351,32 @@ _sums_pallas.defvjp(_sums_pallas_fwd, _sums_pallas_bwd)
 # --- public functions -----------------------------------------------------------------------
 
 
-def _check_inputs(qn, kn, qd, kd, v, s0, z0) -> None:
-    for name, x in (("qn", qn), ("kn", kn), ("qd", qd), ("kd", kd), ("v", v)):
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
-        if x.ndim != 4:
-            raise ValueError(
-                f"{name} must be [batch, seq, heads, features], got shape {tuple(x.shape)}.")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
-    for name, x in (("kn", kn), ("qd", qd), ("kd", kd)):
-        if x.shape != qn.shape:
-            raise ValueError(
-                f"{name} must have the shape of qn {tuple(qn.shape)}, got {tuple(x.shape)}.")
-    if v.shape[:3] != qn.shape[:3]:
-        raise ValueError(
-            f"v must agree with qn {tuple(qn.shape)} in batch, seq and heads, got "
-            f"{tuple(v.shape)}.")
-    if (s0 is None) != (z0 is None):
-        raise ValueError("the initial state needs both S0 and z0, or neither.")
-    if s0 is not None:
-        b, _, h, f = qn.shape
-        want = {"s0": (b, h, f, v.shape[-1]), "z0": (b, h, f)}
-        for name, x in (("s0", s0), ("z0", z0)):
-            if tuple(x.shape) != want[name]:
-                raise ValueError(
-                    f"{name} must have shape {want[name]} [batch, heads, ...], got "
-                    f"{tuple(x.shape)}.")
+def _sums_kernel_path(qn, kn, qd, kd, v, s0, z0, *, block_sizes, implementation):
+    b, n, h, f = qn.shape
+    dv = v.shape[-1]
+    chunk = block_sizes.chunk
+    # Zero padding: sequence to the chunk (padded keys add nothing), F and dv to powers of
+    # two >= 16 (Triton's dot and tl.arange); sliced off afterwards.
+    f_p, dv_p = _tiling.width(f), _tiling.width(dv)
+    pad_seq = lambda x, last: _backend.pad_axis(_backend.pad_axis(x, 1, chunk), 3, last)
+    qn_p, kn_p, qd_p, kd_p = (pad_seq(x, f_p) for x in (qn, kn, qd, kd))
+    v_p = pad_seq(v, dv_p)
+    s0_p = _backend.pad_axis(_backend.pad_axis(s0.astype(_F32), 2, f_p), 3, dv_p)
+    z0_p = _backend.pad_axis(z0.astype(_F32), 2, f_p)
+    num, den, s, z = _sums_pallas(qn_p, kn_p, qd_p, kd_p, v_p, s0_p, z0_p, block_sizes,
+                                  implementation)
+    num = num[:, :n, :, :dv]
+    den = jnp.transpose(den, (0, 2, 1))[:, :n]
+    return num, den, s[:, :, :f, :dv], z[:, :, :f]
+
+
+_SUMS = Op.pallas("causal_linear_attention", xla=_sums_xla, kernel=_sums_kernel_path,
+                  dtype_of=lambda qn, *_, **__: qn.dtype)
 
 
 def causal_linear_attention_sums(qn, kn, qd, kd, v, s0=None, z0=None, *,
                                  block_sizes: LinearAttentionBlockSizes | None = None,
-                                 implementation: str | None = None):
+                                 implementation: str | Sequence[str] | None = None):
     """Causal prefix sums ``(num, den, S_N, z_N)`` (see the module docstring).
 
     Args:
@@ -424,42 +385,25 @@ def causal_linear_attention_sums(qn, kn, qd, kd, v, s0=None, z0=None, *,
         ``[B, H, F]`` (zeros when omitted).
       block_sizes: the chunk; default :meth:`LinearAttentionBlockSizes.default`. Any N works:
         the sequence is zero-padded to a multiple of the chunk.
-      implementation: "xla" (chunked scan in JAX) | "triton" | "interpret" | None.
+      implementation: "xla" (a checkpointed chunked scan in JAX) | "triton" | "interpret",
+        a sequence of them tried in order, or None (see :mod:`pallas_kernels.op`).
 
     Returns:
       ``num [B, N, H, dv]``, ``den [B, N, H]``, ``S [B, H, F, dv]``, ``z [B, H, F]``, all
       float32. Differentiable in every argument.
     """
-    _check_inputs(qn, kn, qd, kd, v, s0, z0)
+    _checks.check_linear_attention_inputs(qn, kn, qd, kd, v, s0, z0)
     if s0 is None:
         s0, z0 = _zero_state(qn, v)
-    b, n, h, f = qn.shape
-    dv = v.shape[-1]
-    blocks = block_sizes or LinearAttentionBlockSizes.default(n, f, dv)
+    blocks = block_sizes or LinearAttentionBlockSizes.default(
+        qn.shape[1], qn.shape[-1], v.shape[-1])
     blocks.validate()
-    implementation = _backend.resolve_implementation(
-        implementation, kernel_preferred=GPU_VERIFIED)
-    if implementation == "xla":
-        return linear_attention_sums_chunked_xla(qn, kn, qd, kd, v, s0, z0, chunk=blocks.chunk)
-    # Zero padding: sequence to the chunk (padded keys add nothing), F and dv to powers of
-    # two >= 16 (Triton's dot and tl.arange); sliced off afterwards.
-    f_p = max(16, _backend.next_power_of_2(f))
-    dv_p = max(16, _backend.next_power_of_2(dv))
-    pad_seq = lambda x, last: _backend.pad_axis(_backend.pad_axis(x, 1, blocks.chunk), 3, last)
-    qn_p, kn_p, qd_p, kd_p = (pad_seq(x, f_p) for x in (qn, kn, qd, kd))
-    v_p = pad_seq(v, dv_p)
-    s0_p = _backend.pad_axis(_backend.pad_axis(s0.astype(_F32), 2, f_p), 3, dv_p)
-    z0_p = _backend.pad_axis(z0.astype(_F32), 2, f_p)
-    num, den, s, z = _sums_pallas(qn_p, kn_p, qd_p, kd_p, v_p, s0_p, z0_p, blocks,
-                                  implementation)
-    num = num[:, :n, :, :dv]
-    den = jnp.transpose(den, (0, 2, 1))[:, :n]
-    return num, den, s[:, :, :f, :dv], z[:, :, :f]
+    return _SUMS(qn, kn, qd, kd, v, s0, z0, block_sizes=blocks, implementation=implementation)
 
 
 def causal_linear_attention(qn, kn, qd, kd, v, s0=None, z0=None, *, eps=1e-6, count=0,
                             block_sizes: LinearAttentionBlockSizes | None = None,
-                            implementation: str | None = None):
+                            implementation: str | Sequence[str] | None = None):
     """Normalised causal linear attention ``o_i = num_i / (den_i + ε·(count + i + 1))``.
 
     ``count`` is the number of tokens already folded into ``(s0, z0)`` (an int or an int

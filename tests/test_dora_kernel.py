@@ -75,12 +75,16 @@ def test_the_kernel_is_one_pallas_call_and_does_not_concatenate_w0():
 def test_default_block_sizes_are_powers_of_two_and_fit_small_problems():
     small = DoRABlockSizes.default(10, 20, 30, 3)
     assert (small.block_m, small.block_n, small.block_k, small.block_r) == (16, 32, 32, 16)
-    assert DoRABlockSizes.default(4096, 4096, 4096, 64, jnp.bfloat16).block_k == 64
-    assert DoRABlockSizes.default(4096, 4096, 4096, 64, jnp.float32).block_k == 32
-    large = DoRABlockSizes.default(4096, 4096, 4096, 64)
-    assert large.block_m == 128 and large.num_warps == 4
-    assert DoRABlockSizes.default(4096, 4096, 4096, 64, jnp.bfloat16).num_warps == 8
-    for blocks in (small, large):
+    h200 = lambda dtype: DoRABlockSizes.default(4096, 4096, 4096, 64, dtype,
+                                                device_kind="NVIDIA H200")
+    # the tuned H200 caps, from the per-device table
+    assert (h200(jnp.bfloat16).block_k, h200(jnp.bfloat16).num_warps) == (64, 8)
+    assert (h200(jnp.float32).block_k, h200(jnp.float32).num_warps) == (32, 4)
+    assert h200(jnp.float32).block_m == 128
+    # a card without tuned values gets the generic caps
+    other = DoRABlockSizes.default(4096, 4096, 4096, 64, jnp.bfloat16, device_kind="other")
+    assert (other.block_m, other.block_n, other.block_k, other.block_r) == (64, 64, 32, 16)
+    for blocks in (small, h200(jnp.float32), h200(jnp.bfloat16), other):
         blocks.validate()
 
 

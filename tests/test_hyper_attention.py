@@ -28,13 +28,13 @@ KEY = jax.random.PRNGKey(42)
 
 def _hyper(impl, **kw):
     return jax.jit(lambda q, k, v, key: hyper.hyper_attention(
-        q, k, v, key, return_lse=True, implementation=impl, **kw))
+        q, k, v, key=key, return_lse=True, implementation=impl, **kw))
 
 
 def test_short_sequences_are_exact():
     q, k, v = _qkv(0)
     for causal in (False, True):
-        out, lse = hyper.hyper_attention(q, k, v, KEY, causal=causal, min_seq_len=N,
+        out, lse = hyper.hyper_attention(q, k, v, key=KEY, causal=causal, min_seq_len=N,
                                          return_lse=True)
         ref, ref_lse = softmax_attention(q, k, v, causal=causal, return_lse=True)
         assert relative_error(out, ref) < 1e-6 and relative_error(lse, ref_lse) < 1e-6
@@ -119,7 +119,7 @@ def test_custom_vjp_gradients_equal_jax_grad_of_the_pure_jnp_path():
 
     def loss(impl, causal):
         def f(q, k, v):
-            out, lse = hyper.hyper_attention(q, k, v, KEY, causal=causal, block_size=32,
+            out, lse = hyper.hyper_attention(q, k, v, key=KEY, causal=causal, block_size=32,
                                              sample_size=24, min_seq_len=32,
                                              return_lse=True, implementation=impl)
             return jnp.sum(out * w_out) + jnp.sum(lse * w_lse)
@@ -170,7 +170,7 @@ def test_randomness_is_explicit_and_depends_on_global_indices_only():
     @jax.jit
     def run(q, k, v, key, offsets):
         # causal: its lower-left quarter runs the non-causal sampled path
-        return hyper.hyper_attention(q, k, v, key, causal=True, batch_offset=offsets[0],
+        return hyper.hyper_attention(q, k, v, key=key, causal=True, batch_offset=offsets[0],
                                      head_offset=offsets[1], **kw)
 
     full = run(q, k, v, KEY, jnp.zeros(2, jnp.int32))
@@ -195,23 +195,25 @@ def test_merge_lse_handles_empty_parts():
 def test_bad_input_raises_clear_errors():
     q, k, v = _qkv(0)
     with pytest.raises(ValueError, match="block_size must be a power of two, got 48"):
-        hyper.hyper_attention(q, k, v, KEY, block_size=48, min_seq_len=16)
+        hyper.hyper_attention(q, k, v, key=KEY, block_size=48, min_seq_len=16)
     q2, k2, v2 = _qkv(0, n=96)
     with pytest.raises(ValueError, match="length 96 must be a multiple of block_size=64"):
-        hyper.hyper_attention(q2, k2, v2, KEY, block_size=64, min_seq_len=16)
+        hyper.hyper_attention(q2, k2, v2, key=KEY, block_size=64, min_seq_len=16)
     with pytest.raises(ValueError, match="odd length"):
-        hyper.hyper_attention(q2, k2, v2, KEY, causal=True, block_size=1, min_seq_len=2)
+        hyper.hyper_attention(q2, k2, v2, key=KEY, causal=True, block_size=1, min_seq_len=2)
     with pytest.raises(ValueError, match="same head_dim"):
-        hyper.hyper_attention(q, k[..., :8], v, KEY)
-    with pytest.raises(ValueError, match="batch, seq and heads"):
-        hyper.hyper_attention(q, k[:, :64], v[:, :64], KEY)
+        hyper.hyper_attention(q, k[..., :8], v, key=KEY)
+    with pytest.raises(ValueError, match="same sequence length"):
+        hyper.hyper_attention(q, k[:, :64], v[:, :64], key=KEY)
+    with pytest.raises(ValueError, match="k .* and v .* must agree in batch, seq and heads"):
+        hyper.hyper_attention(q, k, v[:, :64], key=KEY)
     with pytest.raises(ValueError, match=r"\[batch, seq, heads, head_dim\]"):
-        hyper.hyper_attention(q[0], k, v, KEY)
+        hyper.hyper_attention(q[0], k, v, key=KEY)
     with pytest.raises(TypeError, match="key"):
-        hyper.hyper_attention(q, k, v, None)
+        hyper.hyper_attention(q, k, v, key=None)
     with pytest.raises(ValueError, match="num_projections must be <= 30"):
-        hyper.hyper_attention(q, k, v, KEY, num_projections=31)
-    with pytest.raises(ValueError, match="sample_size must be an int >= 0"):
-        hyper.hyper_attention(q, k, v, KEY, sample_size=-1)
+        hyper.hyper_attention(q, k, v, key=KEY, num_projections=31)
+    with pytest.raises(ValueError, match="sample_size must be >= 0, got -1"):
+        hyper.hyper_attention(q, k, v, key=KEY, sample_size=-1)
     # short sequences run exactly and need no block alignment
-    hyper.hyper_attention(q2, k2, v2, KEY, block_size=64, min_seq_len=96)
+    hyper.hyper_attention(q2, k2, v2, key=KEY, block_size=64, min_seq_len=96)

@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent(
         def local(q, k, v, key):
             b0 = jax.lax.axis_index("data") * q.shape[0]
             h0 = jax.lax.axis_index("model") * q.shape[2]
-            return hyper_attention(q, k, v, key, causal=causal, batch_offset=b0,
+            return hyper_attention(q, k, v, key=key, causal=causal, batch_offset=b0,
                                    head_offset=h0, **kw)
 
         sharded = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(spec, spec, spec, P()),
@@ -50,7 +50,7 @@ SCRIPT = textwrap.dedent(
         o_s, l_s = sharded(*args, key)
         assert o_s.addressable_shards[0].data.shape == (B // 2, N, H // 4, D)
         dev0 = jax.devices()[0]
-        o_1, l_1 = jax.jit(lambda q, k, v, key: hyper_attention(q, k, v, key, causal=causal,
+        o_1, l_1 = jax.jit(lambda q, k, v, key: hyper_attention(q, k, v, key=key, causal=causal,
                                                                 **kw))(
             *jax.device_put((q, k, v, key), dev0))
         exact = jax.nn.dot_product_attention(q, k, v, is_causal=causal)

@@ -251,7 +251,7 @@ def test_bad_input_raises_clear_errors():
     q, k, v = qkv(9, n=32)
     with pytest.raises(ValueError, match="same number of heads"):
         nf.nala_attention(q, k[:, :, :1], v[:, :, :1], causal=True)
-    with pytest.raises(ValueError, match="eps must be a number >= 0, got -0.1"):
+    with pytest.raises(ValueError, match="eps must be >= 0, got -0.1"):
         nf.nala_attention(q, k, v, causal=True, eps=-0.1)
     with pytest.raises(ValueError, match="power_scale"):
         nf.nala_attention(q, k, v, causal=False, power_scale=0.0)

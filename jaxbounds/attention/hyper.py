@@ -41,15 +41,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from jaxbounds import _checks
 from jaxbounds.attention import lsh
 from jaxbounds.attention.softmax import softmax_attention
-from pallas_kernels import _backend
-from pallas_kernels.block_attention import GPU_VERIFIED as KERNEL_GPU_VERIFIED
-from pallas_kernels.block_attention import block_attention, sampled_attention
+from pallas_kernels import implementation_sequence, sampled_attention
+from pallas_kernels.block_attention import block_attention
 
 __all__ = ["hyper_attention", "hyper_keys", "merge_lse", "per_head_keys", "sample_indices"]
 
@@ -62,7 +63,7 @@ class _Config:
     sample_size: int
     min_seq_len: int
     scale: float
-    implementation: str
+    implementation: str | tuple[str, ...] | None
 
 
 # --- small pieces (public for tests and for users who want to inspect a draw) --------------
@@ -192,88 +193,13 @@ def _causal(q, k, v, keys, planes, cfg: _Config):
             jnp.concatenate([lse_d[:, :, 0], lse_low], axis=2))
 
 
-# --- checks -------------------------------------------------------------------------------
-
-
-def _is_power_of_two(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1 and not (
-        value & (value - 1))
-
-
-def _check_int(name, value, low):
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an int >= {low}, got {value!r}.")
-
-
-def _check_part(part: int, block_size: int, min_seq_len: int, what: str) -> None:
-    """A part of length > min_seq_len runs HyperAttention: its effective block
-    min(block_size, part) must be a power of two dividing it."""
-    if part <= min_seq_len:
-        return
-    block = min(block_size, part)
-    if part % block or not _is_power_of_two(block):
-        raise ValueError(
-            f"{what} of length {part} must be a multiple of block_size={block_size} (or a "
-            f"power of two below it), since it is longer than min_seq_len={min_seq_len} and "
-            f"runs HyperAttention; pad the sequence or change block_size/min_seq_len.")
-
-
-def _check_causal_split(n, block_size, min_seq_len):
-    """Every level of the causal recursion must halve evenly and split into blocks."""
-    while n > min_seq_len:
-        if n % 2:
-            raise ValueError(
-                f"causal HyperAttention halves the sequence until it is <= min_seq_len="
-                f"{min_seq_len}, but a part of odd length {n} appeared; use a sequence "
-                f"length n = 2^k * (multiple of block_size={block_size}) or raise "
-                "min_seq_len.")
-        n //= 2
-        _check_part(n, block_size, min_seq_len, "causal recursion part (n halved)")
-
-
-def _check(q, k, v, key, block_size, sample_size, num_projections, min_seq_len, causal):
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
-        if x.ndim != 4:
-            raise ValueError(f"{name} must be [batch, seq, heads, head_dim], got shape "
-                             f"{tuple(x.shape)}.")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
-    if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must have the same head_dim, got q {tuple(q.shape)} and "
-                         f"k {tuple(k.shape)}.")
-    if q.shape[:3] != k.shape[:3]:
-        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch, "
-                         "seq and heads (HyperAttention aligns sorted query and key blocks).")
-    if k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree in batch, "
-                         "seq and heads.")
-    if key is None:
-        raise TypeError("key must be a jax.random key (HyperAttention is randomised), "
-                        "got None.")
-    if not _is_power_of_two(block_size):
-        raise ValueError(f"block_size must be a power of two, got {block_size!r}.")
-    _check_int("sample_size", sample_size, 0)
-    _check_int("min_seq_len", min_seq_len, 0)
-    _check_int("num_projections", num_projections, 1)
-    if num_projections > lsh.MAX_PROJECTIONS:
-        raise ValueError(f"num_projections must be <= {lsh.MAX_PROJECTIONS} (int32 buckets), "
-                         f"got {num_projections}.")
-    n = q.shape[1]
-    if causal:
-        _check_causal_split(n, block_size, min_seq_len)
-    else:
-        _check_part(n, block_size, min_seq_len, "sequence length n")
-
-
 # --- public function ----------------------------------------------------------------------
 
 
-def hyper_attention(q, k, v, key, *, causal: bool = False, block_size: int = 256,
+def hyper_attention(q, k, v, *, key, causal: bool = False, block_size: int = 256,
                     sample_size: int = 256, num_projections: int = 7,
                     min_seq_len: int = 4096, return_lse: bool = False,
-                    implementation: str | None = None, scale: float | None = None,
+                    implementation: str | Sequence[str] | None = None, scale: float | None = None,
                     batch_offset=0, head_offset=0):
     """HyperAttention (Han et al. 2023): sortLSH blocks exact, the rest sampled.
 
@@ -290,7 +216,9 @@ def hyper_attention(q, k, v, key, *, causal: bool = False, block_size: int = 256
       min_seq_len: parts of length ≤ this are computed exactly (the whole call if n ≤ it).
       return_lse: also return lse ``[batch, n, heads]`` (float32), the log of the estimated
         normaliser Σ_j e^{c·q_i·k_j}.
-      implementation: for the two attention kernels, "xla" | "triton" | "interpret" | None.
+      implementation: for the two attention kernels (:func:`pallas_kernels.sampled_attention`
+        and ``block_attention``): "xla" | "triton" | "interpret", a sequence of them tried in
+        order, or None for their default.
         Hashing, sorting and gathers are XLA in every case, so all implementations see the
         same permutations and samples for the same key.
       scale: c, default 1/√d.
@@ -306,9 +234,18 @@ def hyper_attention(q, k, v, key, *, causal: bool = False, block_size: int = 256
       ValueError / TypeError: for bad ranks or shapes, head dims that differ, a block_size
       that is not a power of two, n not a multiple of block_size, bad counts.
     """
-    _check(q, k, v, key, block_size, sample_size, num_projections, min_seq_len, causal)
-    implementation = _backend.resolve_implementation(
-        implementation, kernel_preferred=KERNEL_GPU_VERIFIED)
+    _checks.check_qkv(q, k, v, same_seq="(HyperAttention aligns sorted query and key blocks)")
+    _checks.check_key("key", key)
+    _checks.check_power_of_two("block_size", block_size)
+    _checks.check_int("sample_size", sample_size, minimum=0)
+    _checks.check_int("min_seq_len", min_seq_len, minimum=0)
+    _checks.check_int("num_projections", num_projections, minimum=1,
+                      maximum=lsh.MAX_PROJECTIONS)
+    _checks.check_hyper_lengths(q.shape[1], block_size, min_seq_len, causal=causal)
+    if implementation is not None:  # validated even when every part is exact
+        implementation_sequence(implementation)
+        implementation = implementation if isinstance(implementation, str) else tuple(
+            implementation)
     d = q.shape[-1]
     scale = d ** -0.5 if scale is None else float(scale)
     batch, n, heads, _ = q.shape

@@ -18,25 +18,17 @@ Parameter names: ``qkvg`` (Dense 4C), ``lepe`` (depthwise conv), ``norm`` (Layer
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxbounds import _checks
 from jaxbounds.attention.nalaformer import nala_attention
 from jaxbounds.attention.rope import rope_1d, rope_2d
 
 __all__ = ["NaLaAttention", "NaLaAttention2D"]
-
-
-def _check_features(features: int, num_heads: int, multiple: int) -> int:
-    if not isinstance(num_heads, int) or num_heads <= 0:
-        raise ValueError(f"num_heads must be a positive int, got {num_heads!r}.")
-    if features % num_heads or (features // num_heads) % multiple:
-        raise ValueError(
-            f"the feature size {features} must split into num_heads={num_heads} heads whose "
-            f"dim is a multiple of {multiple} (for RoPE), got head dim "
-            f"{features / num_heads:g}.")
-    return features // num_heads
 
 
 def _nala_block(module, x, spatial, rope, *, causal, lepe_kernel):
@@ -60,7 +52,19 @@ def _nala_block(module, x, spatial, rope, *, causal, lepe_kernel):
     return nn.Dense(c, dtype=module.dtype, name="out")(o)
 
 
-class NaLaAttention(nn.Module):
+class _NaLaOptions(nn.Module):
+    """The fields both NaLa layers share (see :class:`NaLaAttention`)."""
+
+    num_heads: int
+    power_scale: float = 3.0
+    eps: float = 1e-6
+    rope_base: float = 10000.0
+    implementation: str | Sequence[str] | None = None
+    feature_map: str = "relu"
+    dtype: jnp.dtype | None = None
+
+
+class NaLaAttention(_NaLaOptions):
     """NaLaFormer attention over a sequence ``x [batch, seq, features]`` with 1-D RoPE.
 
     Attributes:
@@ -70,41 +74,27 @@ class NaLaAttention(nn.Module):
       rope_base: RoPE base frequency.
     """
 
-    num_heads: int
     causal: bool = True
-    power_scale: float = 3.0
-    eps: float = 1e-6
     lepe_width: int = 5
-    rope_base: float = 10000.0
-    implementation: str | None = None
-    feature_map: str = "relu"
-    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x):
         if x.ndim != 3:
             raise ValueError(f"x must be [batch, seq, features], got shape {x.shape}.")
-        head_dim = _check_features(x.shape[-1], self.num_heads, 2)
+        head_dim = _checks.check_heads(x.shape[-1], self.num_heads, 2)
         rope = rope_1d(x.shape[1], head_dim, base=self.rope_base)
         return _nala_block(self, x, (x.shape[1],), rope, causal=self.causal,
                            lepe_kernel=(self.lepe_width,))
 
 
-class NaLaAttention2D(nn.Module):
+class NaLaAttention2D(_NaLaOptions):
     """NaLaFormer attention over image tokens ``x [batch, height, width, features]`` with
     axial 2-D RoPE and a ``lepe_size × lepe_size`` depthwise LePE (non-causal).
 
     ``features / num_heads`` must be a multiple of 4 (2-D RoPE). Returns the same shape.
     """
 
-    num_heads: int
-    power_scale: float = 3.0
-    eps: float = 1e-6
     lepe_size: int = 5
-    rope_base: float = 10000.0
-    implementation: str | None = None
-    feature_map: str = "relu"
-    dtype: jnp.dtype | None = None
 
     @nn.compact
     def __call__(self, x):
@@ -112,7 +102,7 @@ class NaLaAttention2D(nn.Module):
             raise ValueError(
                 f"x must be [batch, height, width, features], got shape {x.shape}.")
         batch, h, w, c = x.shape
-        head_dim = _check_features(c, self.num_heads, 4)
+        head_dim = _checks.check_heads(c, self.num_heads, 4)
         rope = rope_2d(h, w, head_dim, base=self.rope_base)
         y = _nala_block(self, x.reshape(batch, h * w, c), (h, w), rope, causal=False,
                         lepe_kernel=(self.lepe_size, self.lepe_size))

@@ -23,13 +23,11 @@ released code does not use: directions x̂ ∈ [−1, 1]^d (the query's norm-awa
 sign(q̂)|q̂|^p, the key's k³/‖k³‖) mapped to φ(x̂) = [cos(πx̂/4), sin(πx̂/4)], so that
 φ(q)·φ(k) = Σ_i cos(π(q̂_i − k̂_i)/4) ≥ 0 and opposite directions (q̂_i = −k̂_i = ±1) give 0.
 
-Implementations: the non-causal form is two global sums (plain XLA). The causal form is
-chunked (chunks of 64): ``"xla"`` is one checkpointed ``lax.scan`` over chunks that computes
-each chunk's features, RoPE, intra-chunk and inter-chunk terms (:func:`_causal_fused_xla`);
-``"triton"``/``"interpret"`` run the Pallas kernel
-:func:`pallas_kernels.linear_attention.causal_linear_attention` on precomputed features.
-Both are linear in the sequence length in time and memory. Layout
-``[batch, seq, heads, head_dim]``.
+Implementations: the non-causal form is two global sums (plain XLA). The causal form runs
+:func:`pallas_kernels.causal_linear_attention` on the features (chunks of 64 by default),
+which owns the choice of implementation: a checkpointed chunked ``lax.scan`` (``"xla"``) or
+the Pallas kernel (``"triton"``, ``"interpret"``). Both are linear in the sequence length in
+time and memory. Layout ``[batch, seq, heads, head_dim]``.
 """
 
 from __future__ import annotations
@@ -42,10 +40,13 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from jaxbounds import _checks
 from jaxbounds.attention.rope import apply_rope
-from pallas_kernels import _backend
-from pallas_kernels.linear_attention import GPU_VERIFIED as KERNEL_GPU_VERIFIED
-from pallas_kernels.linear_attention import LinearAttentionBlockSizes, causal_linear_attention
+from pallas_kernels import (
+    LinearAttentionBlockSizes,
+    causal_linear_attention,
+    implementation_sequence,
+)
 
 __all__ = [
     "FEATURE_MAPS",
@@ -140,60 +141,25 @@ def _rotate(phi, rope):
 # --- checks -----------------------------------------------------------------------------------
 
 
-def _is_concrete_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def _check_scalars(eps, power_scale) -> None:
-    if _is_concrete_number(eps) and not eps >= 0:
-        raise ValueError(f"eps must be a number >= 0, got {eps!r}.")
-    if _is_concrete_number(power_scale) and not power_scale > 0:
-        raise ValueError(f"power_scale must be a number > 0, got {power_scale!r}.")
-
-
-def _check_qkv(q, k, v, causal, rope) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
-        if x.ndim != 4:
-            raise ValueError(
-                f"{name} must be [batch, seq, heads, head_dim], got shape {tuple(x.shape)}.")
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
-    if q.shape[2] != k.shape[2]:
-        raise ValueError(
-            f"q and k must have the same number of heads, got q {tuple(q.shape)} (heads "
-            f"{q.shape[2]}) and k {tuple(k.shape)} (heads {k.shape[2]}).")
-    if q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
-        raise ValueError(
-            f"q {tuple(q.shape)} and k {tuple(k.shape)} must agree in batch and head_dim.")
-    if k.shape[:3] != v.shape[:3]:
-        raise ValueError(
-            f"k {tuple(k.shape)} and v {tuple(v.shape)} must agree in batch, seq and heads.")
-    if (causal or rope is not None) and q.shape[1] != k.shape[1]:
-        raise ValueError(
-            f"q and k must have the same sequence length when causal or with rope, got "
-            f"{q.shape[1]} and {k.shape[1]}.")
+def _validate(q, k, v, *, eps, power_scale, causal=True, rope=None, state=None) -> None:
+    """Every static check of the public functions (q, k, v ``[B, N, H, d]``)."""
+    same_seq = "when causal or with rope" if causal or rope is not None else ""
+    _checks.check_qkv(q, k, v, same_seq=same_seq)
+    _checks.check_number("eps", eps, low=0)
+    _checks.check_number("power_scale", power_scale, low=0, low_open=True)
     if rope is not None:
         if not isinstance(rope, (tuple, list)) or len(rope) != 2:
             raise ValueError(f"rope must be None or a (sin, cos) pair, got {type(rope)}.")
-        want = (q.shape[1], q.shape[3])
-        for name, t in zip(("sin", "cos"), rope, strict=True):
-            if tuple(t.shape) != want:
-                raise ValueError(
-                    f"rope {name} table must have shape [seq, head_dim] = {want}, got "
-                    f"{tuple(t.shape)}.")
-
-
-def _check_state(state, q, v) -> None:
-    if not isinstance(state, NaLaState):
-        raise TypeError(f"initial_state must be a NaLaState, got {type(state).__name__}.")
-    b, _, h, d = q.shape
-    want = {"kv": (b, h, 2 * d, v.shape[-1]), "k_sum": (b, h, 2 * d), "count": ()}
-    for name in want:
-        got = tuple(getattr(state, name).shape)
-        if got != want[name]:
-            raise ValueError(f"initial_state.{name} must have shape {want[name]}, got {got}.")
+        for name, table in zip(("sin", "cos"), rope, strict=True):
+            _checks.check_exact_shape(f"rope {name} table", table, (q.shape[1], q.shape[3]),
+                                      "[seq, head_dim]")
+    if state is not None:
+        if not isinstance(state, NaLaState):
+            raise TypeError(f"initial_state must be a NaLaState, got {type(state).__name__}.")
+        b, _, h, d = q.shape
+        for name, want in (("kv", (b, h, 2 * d, v.shape[-1])), ("k_sum", (b, h, 2 * d)),
+                           ("count", ())):
+            _checks.check_exact_shape(f"initial_state.{name}", getattr(state, name), want)
 
 
 # --- attention ------------------------------------------------------------------------------------
@@ -216,8 +182,9 @@ def nala_attention(q, k, v, *, causal, rope=None, power_scale=3.0, eps=1e-6,
       eps: added to the denominator mean, ≥ 0. A traced negative eps gives NaN (use
         :func:`checked_nala_attention` to raise instead).
       initial_state, return_state: causal only; carry a :class:`NaLaState` across calls.
-      implementation: "xla" | "triton" | "interpret" | None for the causal core
-        (``pallas_kernels.linear_attention``); the non-causal form is always XLA.
+      implementation: "xla" | "triton" | "interpret", a sequence of them tried in order,
+        or None, for the causal core (:func:`pallas_kernels.causal_linear_attention`); the
+        non-causal form is always XLA.
       feature_map: "relu" (the official code) or "cosine" (the paper's cosine map).
       chunk_size: the causal chunk (a power of two ≥ 16); default 64 (from the shapes).
 
@@ -225,16 +192,13 @@ def nala_attention(q, k, v, *, causal, rope=None, power_scale=3.0, eps=1e-6,
       ``o [batch, seq, heads, dv]`` in q's dtype, and the final :class:`NaLaState` when
       ``return_state``. Any sequence length works (the causal core pads to the chunk).
     """
-    _check_qkv(q, k, v, causal, rope)
-    _check_scalars(eps, power_scale)
+    _validate(q, k, v, eps=eps, power_scale=power_scale, causal=causal, rope=rope,
+              state=initial_state)
     if not causal and (initial_state is not None or return_state):
         raise ValueError(
             "initial_state and return_state are for causal=True (a carried prefix state); "
             f"got causal={causal!r}.")
-    if initial_state is not None:
-        _check_state(initial_state, q, v)
-    implementation = _backend.resolve_implementation(
-        implementation, kernel_preferred=KERNEL_GPU_VERIFIED)
+    implementation_sequence(implementation)  # validated here too for the non-causal form
     phi_q, phi_k = nala_features(q, k, power_scale=power_scale, feature_map=feature_map)
     qn, kn = _rotate(phi_q, rope), _rotate(phi_k, rope)
     # Features in the compute dtype of the inputs (bf16 stays bf16); sums in float32.
@@ -260,71 +224,12 @@ def nala_attention(q, k, v, *, causal, rope=None, power_scale=3.0, eps=1e-6,
     if chunk_size is not None:
         blocks = LinearAttentionBlockSizes.default(q.shape[1], 2 * q.shape[3], v.shape[-1])
         blocks = LinearAttentionBlockSizes(chunk=chunk_size, num_warps=blocks.num_warps)
-        blocks.validate()
-    if implementation == "xla":
-        out, s, z = _causal_fused_xla(q, k, v, rope, s0, z0, count0, eps_f, power_scale,
-                                      feature_map, chunk_size or 64)
-    else:
-        out, s, z = causal_linear_attention(qn, kn, qd, kd, v, s0, z0, eps=eps_f, count=count0,
-                                            block_sizes=blocks, implementation=implementation)
+    out, s, z = causal_linear_attention(qn, kn, qd, kd, v, s0, z0, eps=eps_f, count=count0,
+                                        block_sizes=blocks, implementation=implementation)
     out = jnp.where(eps_f >= 0, out, jnp.nan).astype(q.dtype)
     if return_state:
         return out, NaLaState(s, z, jnp.asarray(count0, jnp.int32) + q.shape[1])
     return out
-
-
-def _causal_fused_xla(q, k, v, rope, s0, z0, count0, eps, power_scale, feature_map, chunk):
-    """The causal ``"xla"`` path: one ``lax.scan`` over chunks of ``chunk`` tokens that
-    computes each chunk's features (and RoPE) inside the step, its intra-chunk terms (a
-    masked C×C product), its inter-chunk terms against the carried (S, z), and folds the
-    chunk into (S, z). No [N, 2d] feature array and no [N, 2d, d] cumulative state is
-    materialised in the forward; the working set of a step is one chunk (cache friendly).
-    Same result as the kernel path (``pallas_kernels.linear_attention``)."""
-    b, n, h, d = q.shape
-    dv = v.shape[-1]
-    chunk = max(1, min(chunk, n))
-    pad = lambda x: _backend.pad_axis(x, 1, chunk)
-    qp, kp, vp = pad(q), pad(k), pad(v)
-    n_p = qp.shape[1]
-    nc = n_p // chunk
-    valid = (jnp.arange(n_p) < n).astype(_F32).reshape(nc, chunk)  # padded keys add nothing
-    to_chunks = lambda x: jnp.swapaxes(x.reshape(b, nc, chunk, *x.shape[2:]), 0, 1)
-    xs = [to_chunks(qp), to_chunks(kp), to_chunks(vp), valid]
-    if rope is not None:
-        xs += [_backend.pad_axis(t.astype(_F32), 0, chunk).reshape(nc, chunk, d) for t in rope]
-    ein = functools.partial(jnp.einsum, preferred_element_type=_F32)
-    mask = jnp.tril(jnp.ones((chunk, chunk), bool))[None, None]
-    low = jnp.dtype(q.dtype).itemsize < 4
-    cast = (lambda x: x.astype(q.dtype)) if low else (lambda x: x)
-
-    def step(carry, x):
-        s, z = carry
-        q_i, k_i, v_i, valid_i = x[:4]
-        fq, fk = nala_features(q_i, k_i, power_scale=power_scale, feature_map=feature_map)
-        fk = fk * valid_i[None, :, None, None]
-        rope_i = None if rope is None else (x[4], x[5])
-        qn, kn, qd, kd = map(cast, (_rotate(fq, rope_i), _rotate(fk, rope_i), fq, fk))
-        a = jnp.where(mask, ein("bihf,bjhf->bhij", qn, kn), 0.0)
-        num = ein("bhij,bjhv->bihv", a, v_i) + ein("bihf,bhfv->bihv", qn, s)
-        bm = jnp.where(mask, ein("bihf,bjhf->bhij", qd, kd), 0.0)
-        den = jnp.sum(bm, axis=-1).transpose(0, 2, 1) + ein("bihf,bhf->bih", qd, z)
-        s = s + ein("bjhf,bjhv->bhfv", kn, v_i)
-        z = z + jnp.sum(kd.astype(_F32), axis=1)
-        return (s, z), (num, den)
-
-    # zeros_like of the inputs: under shard_map the carry varies over the inputs' mesh axes
-    like = jnp.zeros_like(q[:, 0, :, :1] * v[:, 0, :, :1], dtype=_F32)  # [b, h, 1]
-    if s0 is None:
-        s0 = jnp.zeros((b, h, 2 * d, dv), _F32)
-        z0 = jnp.zeros((b, h, 2 * d), _F32)
-    init = (s0.astype(_F32) + like[..., None], z0.astype(_F32) + like)
-    # checkpointed step: the backward recomputes a chunk's features instead of storing them
-    (s, z), (num, den) = jax.lax.scan(jax.checkpoint(step), init, tuple(xs))
-    num = jnp.swapaxes(num, 0, 1).reshape(b, n_p, h, dv)[:, :n]
-    den = jnp.swapaxes(den, 0, 1).reshape(b, n_p, h)[:, :n]
-    counts = jnp.asarray(count0, _F32) + jnp.arange(1, n + 1, dtype=_F32)
-    out = num / (den + eps * counts[None, :, None])[..., None]
-    return out.astype(v.dtype), s, z
 
 
 def checked_nala_attention(q, k, v, *, eps=1e-6, power_scale=3.0, **kwargs):
@@ -363,7 +268,7 @@ def nala_attention_quadratic(q, k, v, *, causal, rope=None, power_scale=3.0, eps
     """The quadratic reference: materialises both N×N weight matrices,
     ``A_num[i, j] = φ_r(q_i)·φ_r(k_j)`` and ``A_den[i, j] = φ(q_i)·φ(k_j)`` (j ≤ i when causal),
     and returns ``o_i = (Σ_j A_num[i,j] v_j / n_i) / (Σ_j A_den[i,j] / n_i + ε)``."""
-    _check_qkv(q, k, v, causal, rope)
+    _validate(q, k, v, eps=eps, power_scale=power_scale, causal=causal, rope=rope)
     a_num, a_den, counts = _weights(q, k, causal=causal, rope=rope, power_scale=power_scale,
                                     feature_map=feature_map)
     v = v.astype(jnp.promote_types(v.dtype, _F32))
@@ -403,8 +308,8 @@ def nala_decode_step(q, k, v, state: NaLaState, *, rope=None, power_scale=3.0, e
         raise ValueError(
             f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} must agree in batch "
             "and heads (and q, k in head_dim).")
-    _check_scalars(eps, power_scale)
-    _check_state(state, q[:, None], v[:, None])
+    _validate(q[:, None], k[:, None], v[:, None], eps=eps, power_scale=power_scale,
+              state=state)
     if rope is not None:
         rope = tuple(jnp.reshape(t, (1, q.shape[-1])) for t in rope)
     phi_q, phi_k = nala_features(q[:, None], k[:, None], power_scale=power_scale,

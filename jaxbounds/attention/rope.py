@@ -19,14 +19,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbounds import _checks
+
 __all__ = ["rope_1d", "rope_2d", "apply_rope"]
-
-
-def _check_head_dim(head_dim: int, multiple: int) -> None:
-    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % multiple:
-        raise ValueError(
-            f"head_dim must be a positive multiple of {multiple} for RoPE, got {head_dim!r}."
-        )
 
 
 def _tables(angles: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -42,7 +37,7 @@ def _frequencies(n_pairs: int, head_dim: int, base: float) -> jax.Array:
 def rope_1d(seq_len: int, head_dim: int, *, base: float = 10000.0, offset: int = 0):
     """``(sin, cos)`` tables, each float32 ``[seq_len, head_dim]``, for positions
     ``offset, ..., offset + seq_len − 1``."""
-    _check_head_dim(head_dim, 2)
+    _checks.check_multiple("head_dim", head_dim, 2, "for RoPE")
     if not isinstance(seq_len, int) or seq_len <= 0:
         raise ValueError(f"seq_len must be a positive int, got {seq_len!r}.")
     pos = jnp.arange(seq_len, dtype=jnp.float32) + offset
@@ -53,7 +48,7 @@ def rope_1d(seq_len: int, head_dim: int, *, base: float = 10000.0, offset: int =
 def rope_2d(height: int, width: int, head_dim: int, *, base: float = 10000.0):
     """Axial 2-D ``(sin, cos)`` tables, each float32 ``[height * width, head_dim]``, for
     row-major image tokens. ``head_dim`` must be a multiple of 4."""
-    _check_head_dim(head_dim, 4)
+    _checks.check_multiple("head_dim", head_dim, 4, "for RoPE")
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}.")

@@ -86,7 +86,7 @@ class SelfAttention(nn.Module):
             from jaxbounds.attention.hyper import hyper_attention
 
             key = hyper_key if hyper_key is not None else self.make_rng("hyper")
-            y = hyper_attention(q, k, v, key, causal=self.causal, block_size=self.block_size,
+            y = hyper_attention(q, k, v, key=key, causal=self.causal, block_size=self.block_size,
                                 sample_size=self.sample_size,
                                 num_projections=self.num_projections,
                                 min_seq_len=self.min_seq_len,

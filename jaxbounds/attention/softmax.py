@@ -20,25 +20,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxbounds import _checks
+
 __all__ = ["softmax_attention"]
-
-
-def _check(q, k, v, mask) -> None:
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.ndim != 4:
-            raise ValueError(
-                f"{name} must be [batch, seq, heads, head_dim], got shape {x.shape}."
-            )
-    if q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] or q.shape[3] != k.shape[3]:
-        raise ValueError(
-            f"q {q.shape} and k {k.shape} must agree in batch, heads and head_dim."
-        )
-    if k.shape[:3] != v.shape[:3]:
-        raise ValueError(f"k {k.shape} and v {v.shape} must agree in batch, seq and heads.")
-    if mask is not None and mask.ndim != 4:
-        raise ValueError(
-            f"mask must broadcast to [batch, heads, n, m] (4 dims), got shape {mask.shape}."
-        )
 
 
 def softmax_attention(q, k, v, *, causal: bool = False, scale: float | None = None,
@@ -52,7 +36,9 @@ def softmax_attention(q, k, v, *, causal: bool = False, scale: float | None = No
       return_lse: also return ``lse [batch, n, heads]`` (float32, or float64).
       mask: optional boolean, broadcastable to ``[batch, heads, n, m]``; True keeps.
     """
-    _check(q, k, v, mask)
+    _checks.check_qkv(q, k, v)
+    if mask is not None:
+        _checks.check_array("mask", mask, ndim=4, kind=None)
     if scale is None:
         scale = q.shape[-1] ** -0.5
     compute = jnp.promote_types(q.dtype, jnp.float32)  # float32, or float64 under x64
