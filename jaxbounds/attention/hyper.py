@@ -231,8 +231,9 @@ def hyper_attention(q, k, v, *, key, causal: bool = False, block_size: int = 256
       Differentiable in q, k, v (the permutation and the samples are piecewise constant).
 
     Raises:
-      ValueError / TypeError: for bad ranks or shapes, head dims that differ, a block_size
-      that is not a power of two, n not a multiple of block_size, bad counts.
+      ValueError: for bad ranks or shapes, head dims that differ, a block_size that is not
+        a power of two, n not a multiple of block_size, or bad counts.
+      TypeError: for non-floating inputs or non-integer counts.
     """
     _checks.check_qkv(q, k, v, same_seq="(HyperAttention aligns sorted query and key blocks)")
     _checks.check_key("key", key)
