@@ -86,24 +86,33 @@ class LinearAttentionBlockSizes(_tiling.BlockSizes):
 # --- references ---------------------------------------------------------------------------
 
 
+def _acc(*xs):
+    """The accumulation dtype: float32, or float64 for float64 inputs (the XLA paths keep
+    float64 end to end; the Pallas kernels accumulate in float32)."""
+    return jnp.promote_types(jnp.result_type(*xs), _F32)
+
+
 def _zero_state(qn, v):
     """Zero (S₀, z₀). Built from ``zeros_like`` of the inputs so that, under ``shard_map``,
     the state varies over the same mesh axes as they do (scan carries and Pallas calls
     require matching types)."""
     b, _, h, f = qn.shape
-    like = jnp.zeros_like(qn[:, 0, :, :1] * v[:, 0, :, :1], dtype=_F32)  # [B, H, 1]
-    return (jnp.zeros((b, h, f, v.shape[-1]), _F32) + like[..., None],
-            jnp.zeros((b, h, f), _F32) + like)
+    acc = _acc(qn, v)
+    like = jnp.zeros_like(qn[:, 0, :, :1] * v[:, 0, :, :1], dtype=acc)  # [B, H, 1]
+    return (jnp.zeros((b, h, f, v.shape[-1]), acc) + like[..., None],
+            jnp.zeros((b, h, f), acc) + like)
 
 
 def causal_linear_attention_sums_reference(qn, kn, qd, kd, v, s0=None, z0=None):
     """The specification, quadratic in N: explicit causal weight matrices.
 
-    Returns ``(num [B,N,H,dv], den [B,N,H], S [B,H,F,dv], z [B,H,F])``, all float32.
+    Returns ``(num [B,N,H,dv], den [B,N,H], S [B,H,F,dv], z [B,H,F])``, all float32
+    (float64 for float64 inputs).
     """
     if s0 is None or z0 is None:
         s0, z0 = _zero_state(qn, v)
-    f32 = lambda x: x.astype(_F32)
+    acc = _acc(qn, kn, qd, kd, v)
+    f32 = lambda x: x.astype(acc)
     qn, kn, qd, kd, v = map(f32, (qn, kn, qd, kd, v))
     n = qn.shape[1]
     mask = jnp.tril(jnp.ones((n, n), bool))
@@ -118,8 +127,9 @@ def causal_linear_attention_sums_reference(qn, kn, qd, kd, v, s0=None, z0=None):
 
 def _normalise(num, den, eps, count0):
     n = num.shape[1]
-    counts = jnp.asarray(count0, _F32) + jnp.arange(1, n + 1, dtype=_F32)
-    return num / (den + jnp.asarray(eps, _F32) * counts[None, :, None])[..., None]
+    acc = _acc(num, den)
+    counts = jnp.asarray(count0, acc) + jnp.arange(1, n + 1, dtype=acc)
+    return num / (den + jnp.asarray(eps, acc) * counts[None, :, None])[..., None]
 
 
 def causal_linear_attention_reference(qn, kn, qd, kd, v, s0=None, z0=None, *, eps=1e-6,
@@ -146,7 +156,8 @@ def _sums_xla(qn, kn, qd, kd, v, s0, z0, *, block_sizes):
     nc = qn.shape[1] // chunk
     # [b, nc·C, h, .] -> [nc, b, C, h, .] and back
     to_chunks = lambda x: jnp.swapaxes(x.reshape(b, nc, chunk, h, x.shape[-1]), 0, 1)
-    ein = functools.partial(jnp.einsum, preferred_element_type=_F32)
+    acc = _acc(qn, kn, qd, kd, v, s0, z0)
+    ein = functools.partial(jnp.einsum, preferred_element_type=acc)
     mask = jnp.tril(jnp.ones((chunk, chunk), bool))[None, None]
 
     def step(carry, x):
@@ -159,14 +170,14 @@ def _sums_xla(qn, kn, qd, kd, v, s0, z0, *, block_sizes):
         bm = jnp.where(mask, ein("bihf,bjhf->bhij", qd_i, kd_i), 0.0)
         den_i = jnp.einsum("bhij->bih", bm) + ein("bihf,bhf->bih", qd_i, z)
         s = s + ein("bjhf,bjhv->bhfv", kn_i, v_i)
-        z = z + jnp.sum(kd_i.astype(_F32), axis=1)
+        z = z + jnp.sum(kd_i.astype(acc), axis=1)
         return (s, z), (num_i, den_i)
 
     xs = tuple(map(to_chunks, (qn, kn, qd, kd, v)))
     # "+ zeros_like": under shard_map the carry must vary over the mesh axes the inputs vary
     # over (a zero initial state is otherwise mesh-invariant and the scan rejects it).
-    like = jnp.zeros_like(xs[0][0, :, 0, :, :1] * xs[4][0, :, 0, :, :1], dtype=_F32)  # [b,h,1]
-    init = (s0.astype(_F32) + like[..., None], z0.astype(_F32) + like)
+    like = jnp.zeros_like(xs[0][0, :, 0, :, :1] * xs[4][0, :, 0, :, :1], dtype=acc)  # [b,h,1]
+    init = (s0.astype(acc) + like[..., None], z0.astype(acc) + like)
     (s_fin, z_fin), (num, den) = jax.lax.scan(jax.checkpoint(step), init, xs)
     num = jnp.swapaxes(num, 0, 1).reshape(b, nc * chunk, h, dv)[:, :n]
     den = jnp.swapaxes(den, 0, 1).reshape(b, nc * chunk, h)[:, :n]

@@ -286,3 +286,17 @@ def test_traced_negative_eps_gives_nan_and_the_checked_variant_raises():
 
     with pytest.raises(checkify.JaxRuntimeError, match="eps must be >= 0"):
         nf.checked_nala_attention(q, k, v, eps=jnp.float32(-1.0), causal=True)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_float64_inputs_compute_in_float64_end_to_end(causal):
+    """float64 in, float64 sums: the linear form equals the explicit quadratic form to 1e-12."""
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.key(11), 3)
+        q, k, v = (jax.random.normal(kk, (2, 70, 2, 16), jnp.float64) for kk in keys)
+        rope = rope_1d(70, 16)
+        out = nf.nala_attention(q, k, v, causal=causal, rope=rope, implementation="xla")
+        ref = nf.nala_attention_quadratic(q, k, v, causal=causal, rope=rope)
+        assert out.dtype == jnp.float64
+        err = float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref))
+    assert err <= 1e-12, err

@@ -201,14 +201,16 @@ def nala_attention(q, k, v, *, causal, rope=None, power_scale=3.0, eps=1e-6,
     implementation_sequence(implementation)  # validated here too for the non-causal form
     phi_q, phi_k = nala_features(q, k, power_scale=power_scale, feature_map=feature_map)
     qn, kn = _rotate(phi_q, rope), _rotate(phi_k, rope)
-    # Features in the compute dtype of the inputs (bf16 stays bf16); sums in float32.
+    # Features in the compute dtype of the inputs (bf16 stays bf16); sums in float32, or
+    # float64 for float64 inputs.
     low = jnp.dtype(q.dtype).itemsize < 4
     cast = (lambda x: x.astype(q.dtype)) if low else (lambda x: x)
     qn, kn, qd, kd = map(cast, (qn, kn, phi_q, phi_k))
-    eps_f = jnp.asarray(eps, _F32)
+    acc = jnp.promote_types(jnp.result_type(q, k, v), _F32)  # float64 stays float64
+    eps_f = jnp.asarray(eps, acc)
     if not causal:
         n = k.shape[1]
-        ein = functools.partial(jnp.einsum, preferred_element_type=_F32)
+        ein = functools.partial(jnp.einsum, preferred_element_type=acc)
         s = ein("bnhf,bnhv->bhfv", kn, v) / n
         z = ein("bnhf->bhf", kd) / n
         num = ein("bnhf,bhfv->bnhv", qn, s)
