@@ -111,8 +111,10 @@ def test_kl_inverse_against_brentq(rng):
         lo = np.asarray(pb.kl_inverse_lower(q, c))
         ref_up = np.array([kl_inv_brentq(a, b, True) for a, b in zip(q, c)])
         ref_lo = np.array([kl_inv_brentq(a, b, False) for a, b in zip(q, c)])
-        np.testing.assert_allclose(up, ref_up, rtol=0, atol=1e-12)
-        np.testing.assert_allclose(lo, ref_lo, rtol=0, atol=1e-12)
+        # the docs: exact up to the rounding of kl (a few 1e-16; measured 2.8e-16), plus
+        # brentq's own error (BRENTQ_TOL)
+        np.testing.assert_allclose(up, ref_up, rtol=0, atol=1e-15 + BRENTQ_TOL)
+        np.testing.assert_allclose(lo, ref_lo, rtol=0, atol=1e-15 + BRENTQ_TOL)
         # Sound: never on the wrong side of the true value (beyond brentq's own error) ...
         assert np.sum(up < ref_up - BRENTQ_TOL) == 0
         assert np.sum(lo > ref_lo + BRENTQ_TOL) == 0
@@ -165,7 +167,7 @@ def test_other_bounds_closed_forms(rng):
         )
         pbkl = np.asarray(pb.pac_bayes_kl_bound(risk, n, delta, kl))
         ref = [kl_inv_brentq(r, (k + a) / nn) for r, k, a, nn in zip(risk, kl, l2, n)]
-        np.testing.assert_allclose(pbkl, ref, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(pbkl, ref, rtol=0, atol=1e-15 + BRENTQ_TOL)
         grid = np.geomspace(0.05, 20, 7)
         per_c = np.stack([pb.catoni_bound(risk, n, delta / 7, kl, g) for g in grid])
         np.testing.assert_allclose(
@@ -252,6 +254,51 @@ def test_soundness_simulation():
     assert rates["binomial"] > 0.5 * delta
 
 
+def test_worst_case_failure_probability_over_the_true_risk():
+    """The worst case of the simulation above, exactly: for every true risk R, not only 0.1.
+
+    Each bound B increases with the error count k, so at true risk R it fails exactly when
+    K ≤ k*(R) = max{k : B(k) < R}, with probability P[Bin(n, R) ≤ k*]. For a fixed k* this
+    decreases in R, so the supremum over R is the maximum over k of P[Bin(n, R) ≤ k] at R
+    just above B(k): an exhaustive search, no sampling. A point mass with prior mass e^{−KL}
+    must fail with probability ≤ δ·e^{−KL} (the union bound that every bound here pays for).
+    The binomial bound is exact: its worst case is δ itself (coverage 1).
+    """
+    n, delta = 200, 0.05
+    counts = np.arange(n + 1)
+    with jax.enable_x64(True):
+
+        @jax.jit
+        def all_bounds(k, kl):
+            r = k / n
+            one = lambda k, r: dict(
+                occam=pb.occam_bound(r, n, delta, kl),
+                mcallester=pb.mcallester_bound(r, n, delta, kl),
+                occam_kl=pb.occam_kl_bound(r, n, delta, kl),
+                pac_bayes_kl=pb.pac_bayes_kl_bound(r, n, delta, kl),
+                catoni_grid=pb.catoni_bound_grid(r, n, delta, kl, jnp.geomspace(0.1, 10, 16)),
+                binomial=pb.binomial_tail_bound(k, n, delta),
+            )
+            return jax.vmap(one)(k, r)
+
+        for kl in (0.0, 5.0):
+            bounds = jax.tree.map(np.asarray, all_bounds(counts.astype(float), kl))
+            allowed = delta * np.exp(-kl)
+            for name, b in bounds.items():
+                if name == "binomial" and kl > 0:
+                    continue  # a test-set bound: KL does not enter it
+                assert np.all(np.diff(b) >= 0), name
+                inner = b < 1
+                just_above = np.nextafter(b[inner], 2.0)
+                worst = float(np.max(stats.binom.cdf(counts[inner], n, just_above)))
+                print(f"KL = {kl:g}, {name}: worst failure probability {worst:.6g} "
+                      f"(coverage {worst / allowed:.6f} of δ·e^(−KL))")
+                # scipy's cdf rounding only: 1e-9 relative
+                assert worst <= allowed * (1 + 1e-9), (name, kl, worst)
+                if name == "binomial" or name == "occam_kl":  # Chernoff is exact at k = 0
+                    assert worst >= allowed * (1 - 1e-6)
+
+
 # ------------------------------------------------------------ properties
 
 
@@ -269,26 +316,20 @@ def test_kl_inverse_monotone_grid():
 # --------------------------------------------------- jit, vmap, dtypes, grad
 
 # Every bound as a function of (risk, n, delta, kl, c); c is ignored where unused.
-BOUNDS = {
-    "occam_bound": lambda r, n, d, k, c: pb.occam_bound(r, n, d, k),
-    "mcallester_bound": lambda r, n, d, k, c: pb.mcallester_bound(r, n, d, k),
-    "pac_bayes_kl_bound": lambda r, n, d, k, c: pb.pac_bayes_kl_bound(r, n, d, k),
-    "occam_kl_bound": lambda r, n, d, k, c: pb.occam_kl_bound(r, n, d, k),
-    "catoni_bound": lambda r, n, d, k, c: pb.catoni_bound(r, n, d, k, c),
-    "catoni_bound_grid": lambda r, n, d, k, c: pb.catoni_bound_grid(
-        r, n, d, k, jnp.stack([jnp.asarray(c), jnp.asarray(2.0)])
-    ),
-}
-CHECKED = {
-    "occam_bound": lambda r, n, d, k, c: pb.checked_occam_bound(r, n, d, k),
-    "mcallester_bound": lambda r, n, d, k, c: pb.checked_mcallester_bound(r, n, d, k),
-    "pac_bayes_kl_bound": lambda r, n, d, k, c: pb.checked_pac_bayes_kl_bound(r, n, d, k),
-    "occam_kl_bound": lambda r, n, d, k, c: pb.checked_occam_kl_bound(r, n, d, k),
-    "catoni_bound": lambda r, n, d, k, c: pb.checked_catoni_bound(r, n, d, k, c),
-    "catoni_bound_grid": lambda r, n, d, k, c: pb.checked_catoni_bound_grid(
-        r, n, d, k, jnp.stack([jnp.asarray(c), jnp.asarray(2.0)])
-    ),
-}
+def _bound_table(prefix):
+    """The bounds (``prefix=""``) or their checked variants (``prefix="checked_"``)."""
+    fn = lambda name: getattr(pb, prefix + name)
+    four = lambda name: lambda r, n, d, k, c: fn(name)(r, n, d, k)
+    table = {name: four(name) for name in ("occam_bound", "mcallester_bound",
+                                           "pac_bayes_kl_bound", "occam_kl_bound")}
+    table["catoni_bound"] = lambda r, n, d, k, c: fn("catoni_bound")(r, n, d, k, c)
+    table["catoni_bound_grid"] = lambda r, n, d, k, c: fn("catoni_bound_grid")(
+        r, n, d, k, jnp.stack([jnp.asarray(c), jnp.asarray(2.0)]))
+    return table
+
+
+BOUNDS = _bound_table("")
+CHECKED = _bound_table("checked_")
 
 
 def test_vmap_equals_loop_and_jit(rng):
@@ -368,6 +409,8 @@ GOOD = (0.1, 100, 0.05, 3.0, 1.0)  # risk, n, delta, kl, c
 ARGS = ("risk", "n", "delta", "kl", "c")
 BAD = [("risk", 1.2), ("risk", -0.1), ("n", 0), ("n", -5), ("delta", 0.0), ("delta", 1.0),
        ("delta", 1.5), ("kl", -1.0), ("c", 0.0), ("c", -1.0)]
+# NaN anywhere: a ValueError eagerly, NaN under jit, never a finite bound
+BAD += [(name, math.nan) for name in ARGS]
 
 
 def _bad_args(arg, value):
@@ -423,7 +466,9 @@ def test_bad_input_binomial():
     good = (3, 200, 0.05)
     cases = [((201, 200, 0.05), "errors", 201), ((-1, 200, 0.05), "errors", 1),
              ((2.5, 200, 0.05), "errors", 2.5), ((0, 0, 0.05), "n", 0),
-             ((3, 200, 1.0), "delta", 1.0), ((3, 200, 0.0), "delta", 0.0)]
+             ((3, 200, 1.0), "delta", 1.0), ((3, 200, 0.0), "delta", 0.0),
+             ((math.nan, 200, 0.05), "errors", math.nan), ((3, math.nan, 0.05), "n", math.nan),
+             ((3, 200, math.nan), "delta", math.nan)]
     for args, name, value in cases:
         _raises_eagerly(pb.binomial_tail_bound, args, name, value)
         with pytest.raises(checkify.JaxRuntimeError, match=f"{name} must be"):
@@ -438,11 +483,15 @@ def test_bad_input_binomial():
 
 
 KL_CASES = [
-    (pb.kl_bernoulli, pb.checked_kl_bernoulli, [((1.5, 0.5), "q", 1.5), ((0.5, -0.2), "p", 0.2)]),
+    (pb.kl_bernoulli, pb.checked_kl_bernoulli, [((1.5, 0.5), "q", 1.5), ((0.5, -0.2), "p", 0.2),
+                                                ((math.nan, 0.5), "q", math.nan),
+                                                ((0.5, math.nan), "p", math.nan)]),
     (pb.kl_inverse_upper, pb.checked_kl_inverse_upper,
-     [((-0.1, 0.1), "q", 0.1), ((0.1, -1.0), "c", 1.0)]),
+     [((-0.1, 0.1), "q", 0.1), ((0.1, -1.0), "c", 1.0), ((math.nan, 0.1), "q", math.nan),
+      ((0.1, math.nan), "c", math.nan)]),
     (pb.kl_inverse_lower, pb.checked_kl_inverse_lower,
-     [((1.1, 0.1), "q", 1.1), ((0.1, -1.0), "c", 1.0)]),
+     [((1.1, 0.1), "q", 1.1), ((0.1, -1.0), "c", 1.0), ((math.nan, 0.1), "q", math.nan),
+      ((0.1, math.nan), "c", math.nan)]),
 ]
 
 

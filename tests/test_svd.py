@@ -81,6 +81,10 @@ def test_bounds_are_sound_and_ordered(rng, kind, n, widths, r):
         # The ordering Weyl ≥ residual holds exactly (L_residual ≥ L_Weyl by construction).
         assert np.sum(weyl < residual) == 0
         assert np.all((out[:, 1:5] <= 1.0) & (out[:, 1:5] > 0.0))
+        # the docs: no bound drops below √τ (the outward tolerance; ≈ 1e-6 in float64)
+        tau = svd.outward_tolerance(np.float64, n, sum(widths))
+        print(f"{kind}: smallest bound / √τ = {out[:, 1:5].min() / np.sqrt(tau):.6f}")
+        assert out[:, 1:5].min() >= np.sqrt(tau) * (1 - 1e-9)
         # The certified bound is close to the truth where the estimate is good.
         gap = certified - true
         print(f"{kind}: mean weyl/true {np.mean(weyl / np.maximum(true, 1e-12)):.3g}, "
@@ -256,3 +260,105 @@ def test_float32_inputs_stay_float32_without_x64(rng):
         bound = svd.residual_bound(blocks, 2)
         assert bound.dtype == jnp.float32
         assert float(bound) >= float(svd.concat_svd_error(blocks, 2))
+
+
+# ---------------------------------------------------------------- NaN and infinity
+
+NAN_FIGURES = {
+    "concat_svd_error": lambda blocks: svd.concat_svd_error(blocks, 2),
+    "weyl_bound": lambda blocks: svd.weyl_bound(blocks, 2),
+    "residual_bound": lambda blocks: svd.residual_bound(blocks, 2),
+    "certified_bound": lambda blocks: svd.certified_bound(blocks, 2),
+    "incremental_estimate": lambda blocks: svd.incremental_estimate(blocks, 2).error,
+    "projection_bound": lambda blocks: svd.projection_bound(blocks, np.eye(5)[:, :2]),
+}
+
+
+@pytest.mark.parametrize("name, bad", [(name, np.nan) for name in NAN_FIGURES]
+                         + [("concat_svd_error", np.inf), ("weyl_bound", np.inf)])
+def test_non_finite_blocks_raise_eagerly_and_give_nan_under_jit(rng, name, bad):
+    """Never the optimistic 0 (or any finite value) for NaN or infinity in the blocks."""
+    figure = NAN_FIGURES[name]
+    with jax.enable_x64(True):
+        blocks = [rng.standard_normal((5, c)) for c in (2, 3, 1)]
+        blocks[1][2, 0] = bad
+        with pytest.raises(ValueError, match=r"blocks\[1\] must be finite"):
+            figure(blocks)
+        traced = jax.jit(lambda *b: figure(list(b)))(*blocks)
+        assert np.isnan(float(traced)), (name, float(traced))
+        if name != "weyl_bound":
+            return
+        # under vmap only the bad draw is NaN
+        good = [rng.standard_normal((5, c)) for c in (2, 3, 1)]
+        batch = [np.stack([g, b]) for g, b in zip(good, blocks)]
+        out = np.asarray(jax.vmap(lambda *b: figure(list(b)))(*batch))
+        assert np.isfinite(out[0]) and np.isnan(out[1]), out
+
+
+def test_non_finite_basis_raises_eagerly_and_gives_nan_under_jit(rng):
+    with jax.enable_x64(True):
+        blocks = [rng.standard_normal((5, 2)) for _ in range(3)]
+        basis = rng.standard_normal((5, 2))
+        basis[3, 1] = np.nan
+        with pytest.raises(ValueError, match="basis must be finite"):
+            svd.projection_bound(blocks, basis)
+        assert np.isnan(float(jax.jit(lambda q: svd.projection_bound(blocks, q))(basis)))
+
+
+# ------------------------------------------------------------ worst-case search
+
+SEARCH_BOUNDS = ("weyl_bound", "residual_bound", "certified_bound")
+
+
+def powell_coverage(figure, unpack, r, starts):
+    """Powell's method maximising true/bound from each start: (best true/bound per start,
+    violations, evaluations) over every instance evaluated."""
+    from scipy import optimize
+
+    state = {"violations": 0, "evaluations": 0, "best": 0.0}
+
+    def objective(theta):
+        blocks = unpack(theta)
+        true = reference_error(blocks, r)
+        bound = float(figure(*blocks))
+        state["evaluations"] += 1
+        state["violations"] += bound < true
+        state["best"] = max(state["best"], true / bound)
+        return -true / bound
+
+    coverage = []
+    for start in starts:
+        state["best"] = 0.0
+        optimize.minimize(objective, start, method="Powell",
+                          options={"maxfev": 300, "xtol": 1e-6})
+        coverage.append(state["best"])
+    return coverage, state["violations"], state["evaluations"]
+
+
+def test_worst_case_search_over_the_blocks(rng):
+    """Powell's method over the entries of small instances maximises true/bound for each
+    bound (a uniform draw rarely comes near the instances where a bound is tight): no
+    evaluated instance may violate, and the coverage (best true/bound) is reported. The
+    bounds are exact on orthogonal single-column blocks (the last start), so there the
+    coverage must reach 1 − 1e-6."""
+    n, widths, r = 4, (1, 1, 2, 1), 2
+    shapes = [(n, c) for c in widths]
+    sizes = [n * c for c in widths]
+
+    def unpack(theta):
+        parts = np.split(theta, np.cumsum(sizes)[:-1])
+        return [p.reshape(s) for p, s in zip(parts, shapes)]
+
+    with jax.enable_x64(True):
+        q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+        exact_start = np.concatenate([(q[:, [0]] * 3.0).ravel(), (q[:, [1]] * 2.0).ravel(),
+                                      np.zeros(n * 2), (q[:, [2]] * 1.0).ravel()])
+        starts = [rng.standard_normal(sum(sizes)) for _ in range(3)] + [exact_start]
+        for name in SEARCH_BOUNDS:
+            figure = jax.jit(lambda *b, name=name: getattr(svd, name)(list(b), r))
+            coverage, violations, evaluations = powell_coverage(figure, unpack, r, starts)
+            print(f"{name}: {evaluations} instances, {violations} violations, coverage "
+                  f"(best true/bound) {max(coverage):.9f}; from each start "
+                  f"{', '.join(f'{c:.4f}' for c in coverage)}")
+            assert violations == 0, name
+            assert max(coverage) >= 1 - 1e-6, name

@@ -89,11 +89,13 @@ subsumes the paper's p < 2 bound).
 Bad input
 ---------
 ``A`` must be a 2-D floating array (TypeError otherwise; ValueError for other ranks, empty
-or non-finite concrete input). ``p`` is a static Python number (the algorithm depends on
-it) and is checked eagerly: ``p > 0`` for Lewis weights, ``p ≥ 1`` for sensitivities and
-sampling-size formulas, ``0 < p ≤ 2`` for the root-leverage bound. ``m``, ``scores``, ``eps``
-etc. may be traced: concrete values are checked eagerly (ValueError), traced out-of-range
-values give NaN, and ``checked_*`` variants raise under jit through checkify.
+or non-finite concrete input; a traced ``A`` holding NaN or infinity makes every score,
+weight, bound and distortion NaN, never a finite value). ``p`` is a static Python number
+(the algorithm depends on it) and is checked eagerly: ``p > 0`` for Lewis weights,
+``p ≥ 1`` for sensitivities and sampling-size formulas, ``0 < p ≤ 2`` for the root-leverage
+bound. ``m``, ``scores``, ``eps`` etc. may be traced: concrete values are checked eagerly
+(ValueError), traced out-of-range values give NaN, and ``checked_*`` variants raise under
+jit through checkify.
 
 All functions are pure and jit-compiled; use float64 (``jax_enable_x64``) for the bounds.
 """
@@ -165,6 +167,14 @@ def _static_p(p, *, low: float, low_open: bool, high: float | None = None,
                         static=True)
 
 
+def _nan_unless_finite(matrices, *values):
+    """``values`` where every entry of ``matrices`` is finite, NaN elsewhere: a traced NaN
+    or infinity in A must not come out as a finite (optimistic) score, e.g. the 0 that a
+    basis with every direction dropped would give."""
+    valid = functools.reduce(jnp.logical_and, [jnp.all(jnp.isfinite(m)) for m in matrices])
+    return tuple(nan_unless(valid, v) for v in values)
+
+
 # ------------------------------------------------------------------ leverage scores
 
 
@@ -185,7 +195,7 @@ def _basis(A):
 @jax.jit
 def _leverage_scores(A):
     U, _ = _basis(A)
-    return jnp.sum(U * U, axis=1)
+    return _nan_unless_finite([A], jnp.sum(U * U, axis=1))[0]
 
 
 def leverage_scores(A) -> jax.Array:
@@ -240,7 +250,7 @@ def _lewis_weights(A, p, num_iters, damping):
     v0 = jnp.where(nonzero, jnp.log(jnp.where(nonzero, tau, 1.0)), -jnp.inf)
     if p == 2:
         w = jnp.where(nonzero, tau, 0.0)
-        return w, jnp.zeros((), A.dtype)
+        return _nan_unless_finite([A], w, jnp.zeros((), A.dtype))
 
     def body(_, v):
         t = _lewis_log_map(v, U, nonzero, p)
@@ -250,7 +260,7 @@ def _lewis_weights(A, p, num_iters, damping):
     t = _lewis_log_map(v, U, nonzero, p)
     residual = jnp.max(jnp.where(nonzero, jnp.abs(jnp.expm1(t - v)), 0.0))
     w = jnp.where(nonzero, jnp.exp(v), 0.0)
-    return w, residual
+    return _nan_unless_finite([A], w, residual)
 
 
 def lewis_weights(A, p, *, num_iters: int | None = None, damping: float | None = None,
@@ -404,7 +414,8 @@ def _sensitivity_bounds(A, p, num_iters, batch_size):
     lower, upper = lax.map(one_row, rows, batch_size=batch)
     lower, upper = lower[:n], upper[:n]
     zero = jnp.zeros_like(lower)
-    return jnp.where(nonzero, lower, zero), jnp.where(nonzero, jnp.minimum(upper, 1.0), zero)
+    return _nan_unless_finite([A], jnp.where(nonzero, lower, zero),
+                              jnp.where(nonzero, jnp.minimum(upper, 1.0), zero))
 
 
 def exact_l1_sensitivities(A) -> np.ndarray:
@@ -637,7 +648,7 @@ def _distortion(SA, A, p, key, num_starts, num_steps, learning_rate):
 
     log_max, x_max = optimise(1.0)
     log_min, x_min = optimise(-1.0)
-    max_ratio, min_ratio = jnp.exp(log_max), jnp.exp(log_min)
+    max_ratio, min_ratio = _nan_unless_finite([SA, A], jnp.exp(log_max), jnp.exp(log_min))
     distortion = jnp.maximum(max_ratio - 1, 1 - min_ratio)
     return DistortionEstimate(distortion, max_ratio, min_ratio, x_max, x_min)
 

@@ -76,11 +76,12 @@ errors are absolute in units of ‖M‖_F². Every bound therefore adds the outw
 
     τ = ``outward_rtol`` (default: eps · max(:data:`OUTWARD_ULPS`, 16·(n + C)))
 
-to its squared relative error before the square root: bound = √(min(1, (‖M‖_F² − L)/‖M‖_F²
-+ τ)). In float64 τ ≈ 9e-13 for n + C ≤ 256, so a bound is never below √τ ≈ 1e-6. The
-projection bound re-orthonormalises the given Q by QR first (any orthonormal Q is valid;
-QR's completion of rank-deficient columns is harmless) and adds the same τ. The bounds are
-meant for float64 (``jax_enable_x64``); in float32 τ ≈ 5e-4 (a floor of about 0.02).
+to its squared relative error before the square root: bound = √(min(1, max(0, ‖M‖_F² − L)
+/‖M‖_F² + τ)). In float64 τ ≈ 9e-13 for n + C ≤ 256, so a bound is never below √τ ≈ 1e-6
+(M ≠ 0; tested). The projection bound re-orthonormalises the given Q by QR first (any
+orthonormal Q is valid; QR's completion of rank-deficient columns is harmless) and adds the
+same τ. The bounds are meant for float64 (``jax_enable_x64``); in float32 τ ≈ 5e-4 (a floor
+of about 0.02).
 
 Clustering (:func:`greedy_clustering`)
 --------------------------------------
@@ -114,8 +115,9 @@ width and their count to a power of two, which changes none of the quantities, s
 compile); they can be called inside ``jax.jit``/``jax.vmap`` over the block values. Bad
 input: an empty list, blocks that are not 2-D, mismatched row counts, a
 non-integer or non-positive r, ε ∉ (0, 1), complex blocks raise ``ValueError``/``TypeError``
-naming the argument. There is no traced range-checked value here, hence no ``checked_``
-variants; NaN in the blocks propagates to NaN.
+naming the argument. Concrete blocks (and a concrete ``basis``) holding NaN or infinity raise
+a ``ValueError`` naming the argument (``blocks[i]``, ``basis``); traced ones (under
+``jax.jit``/``jax.vmap``) make every error figure NaN, never a finite value.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxbounds._checks import check_int, check_number, require
+from jaxbounds._checks import check_finite, check_int, check_number, nan_unless, require
 from jaxbounds._dtypes import float_dtype
 
 __all__ = [
@@ -203,6 +205,7 @@ def _as_blocks(blocks, name: str = "blocks") -> list[jax.Array]:
             raise ValueError(f"{name}[{i}] must have {arrays[0].shape[0]} rows like "
                              f"{name}[0] (blocks are concatenated side by side), got shape "
                              f"{tuple(array.shape)}.")
+        check_finite(f"{name}[{i}]", array)
         arrays.append(array)
     dtype = float_dtype(*arrays)
     if jnp.issubdtype(dtype, jnp.complexfloating):
@@ -251,12 +254,20 @@ def _sorted_by_norm(stack, widths):
     return stack[order], widths[order], sq[order]
 
 
-def _upper_from_lower(total, lower, tau):
-    """√(min(1, max(0, (‖M‖² − L)/‖M‖² + τ))), and 0 for M = 0."""
+def _relative_tail(total, tail):
+    """√(tail/‖M‖²) clipped to [0, 1]: 0 for M = 0, NaN when ‖M‖² or the tail is not finite
+    (NaN or infinity in traced blocks): never the optimistic 0 for bad input."""
     positive = total > 0
-    safe = jnp.where(positive, total, 1)
-    e2 = jnp.clip((total - lower) / safe + tau, 0, 1)
-    return jnp.where(positive, jnp.sqrt(e2), jnp.zeros_like(e2))
+    e2 = jnp.clip(tail / jnp.where(positive, total, 1), 0, 1)
+    value = jnp.where(positive, jnp.sqrt(e2), jnp.zeros_like(e2))
+    return nan_unless(jnp.isfinite(total) & jnp.isfinite(tail), value)
+
+
+def _upper_from_lower(total, lower, tau):
+    """√(min(1, max(0, ‖M‖² − L)/‖M‖² + τ)), 0 for M = 0, NaN for non-finite input. The
+    max(0, ·) comes before τ, so no bound of a non-zero M is below √τ, even when rounding
+    puts L above ‖M‖²."""
+    return _relative_tail(total, jnp.maximum(total - lower, 0) + tau * total)
 
 
 def _prepare(blocks, outward_rtol):
@@ -275,10 +286,9 @@ def _prepare(blocks, outward_rtol):
 def _concat_error_core(m, r):
     s = jnp.linalg.svd(m, compute_uv=False)
     sq = s * s
-    total = jnp.sum(sq)
-    tail = jnp.sum(sq[r:])
-    positive = total > 0
-    return jnp.where(positive, jnp.sqrt(tail / jnp.where(positive, total, 1)), 0.0)
+    # NaN or infinity in M must reach the result, whatever the SVD makes of it.
+    total = nan_unless(jnp.all(jnp.isfinite(m)), jnp.sum(sq))
+    return _relative_tail(total, jnp.sum(sq[r:]))
 
 
 def concat_svd_error(blocks, r: int) -> jax.Array:
@@ -481,6 +491,7 @@ def projection_bound(blocks, basis, *, outward_rtol: float | None = None) -> jax
     arrays, tau = _prepare(blocks, outward_rtol)
     n = arrays[0].shape[0]
     basis = jnp.asarray(basis)
+    check_finite("basis", basis)
     if basis.ndim != 2 or basis.shape[0] != n or basis.shape[1] == 0:
         raise ValueError(f"basis must be a 2-D array with {n} rows (the blocks' row count) "
                          f"and at least one column, got shape {tuple(basis.shape)}.")
