@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from worst_case import lipschitz_ascent, report_coverage
 
 from jaxbounds.verify import lipsdp as L
 
@@ -31,8 +32,9 @@ def random_net(seed, sizes=(6, 16, 16, 3), scale=1.5):
 
 
 def sampled_lipschitz(ws, bs, activation, seed, num=2000, **kwargs):
-    """Largest ‖J(x)‖₂ over random points and largest ‖f(x) − f(y)‖/‖x − y‖ over random close
-    pairs, in float64: both are lower bounds on the true ℓ2 Lipschitz constant."""
+    """Largest ‖J(x)‖₂ and ‖f(x) − f(y)‖/‖x − y‖ found by the worst-case search (gradient
+    ascent on both, :func:`worst_case.lipschitz_ascent`) and over random points and random
+    close pairs, in float64: all are lower bounds on the true ℓ2 Lipschitz constant."""
     with jax.enable_x64(True):
         ws64 = [jnp.asarray(w) for w in ws]
         bs64 = [jnp.asarray(b) for b in bs]
@@ -48,7 +50,9 @@ def sampled_lipschitz(ws, bs, activation, seed, num=2000, **kwargs):
         quot = np.linalg.norm(np.asarray(f(xs) - f(ys)), axis=1) / np.linalg.norm(
             np.asarray(xs - ys), axis=1
         )
-    return float(max(grad_max, quot.max()))
+        searched = lipschitz_ascent(f, dim=ws[0].shape[0], norm="2", seed=seed, pool=128,
+                                    starts=4, steps=40)
+    return float(max(grad_max, quot.max(), searched))
 
 
 @pytest.mark.parametrize("activation", sorted(CASES))
@@ -61,6 +65,7 @@ def test_sound_and_below_product_bound(activation):
         product = np.prod([np.linalg.norm(w, 2) for w in ws])
         assert report.solver_status == "optimal"
         assert sampled <= bound, (activation, seed, sampled, bound)  # 0 violations
+        report_coverage(f"LipSDP {activation} seed {seed}", sampled, bound)
         assert bound <= product * (1 + 1e-9)
         assert product <= report.product_bound <= product * (1 + 1e-9)  # certified
         # the certified value agrees with the solver's raw value (margin 1e-7 + tolerance)
@@ -78,6 +83,13 @@ def test_single_maxmin_layer_is_one_and_the_residual_relu_rewrite_is_not():
     q1, _ = np.linalg.qr(rng.normal(size=(6, 6)))
     assert L.lipsdp_bound([q0, q1], "maxmin")[0] == pytest.approx(1.0, abs=1e-6)
     assert L.lipsdp_bound([q0, q1], "groupsort", group_size=2)[0] == pytest.approx(1.0, abs=1e-6)
+    # a single MaxMin layer is exactly 1-Lipschitz: the worst-case search reaches the bound
+    with jax.enable_x64(True):
+        best = lipschitz_ascent(
+            lambda x: L.network_forward([jnp.asarray(q0), jnp.asarray(q1)], x, "maxmin"),
+            dim=6, norm="2", pool=64, starts=4, steps=20)
+    bound_q = L.lipsdp_bound([q0, q1], "maxmin")[0]
+    assert report_coverage("single MaxMin layer", best, bound_q) >= 1 - 1e-6
     # the naive LipSDP on MaxMin rewritten as a residual ReLU network: √2, not 1
     naive, _ = L.lipsdp_bound([eye, eye], "maxmin_residual_relu")
     assert naive == pytest.approx(np.sqrt(2.0), rel=1e-5)
@@ -98,6 +110,11 @@ def test_one_layer_network_gives_the_spectral_norm(activation):
         assert bound == pytest.approx(sigma_max, rel=1e-12)
         assert bound >= sigma_max
         assert report.solver_status == "linear (no SDP)"
+    # exact: the worst-case search reaches the bound
+    with jax.enable_x64(True):
+        best = lipschitz_ascent(lambda x: jnp.asarray(w).T @ x, dim=7, norm="2", pool=16,
+                                starts=2, steps=5)
+    assert report_coverage(f"one layer {activation}", best, bound) >= 1 - 1e-6
 
 
 def test_householder_with_the_maxmin_vector_is_maxmin():

@@ -1,5 +1,6 @@
-"""Local Lipschitz bounds (jaxbounds.verify.local_lipschitz): soundness against 10⁴ sampled
-Jacobians in float64, lower ≤ upper, exactness on linear maps, convergence as ε → 0, and the
+"""Local Lipschitz bounds (jaxbounds.verify.local_lipschitz): soundness against a worst-case
+search in float64 (gradient ascent on ‖J(x)‖ and on difference quotients, plus 10⁴ sampled
+Jacobians on top), lower ≤ upper, exactness on linear maps, convergence as ε → 0, and the
 comparison with the naive global bound."""
 
 import flax.linen as nn
@@ -7,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from worst_case import lipschitz_ascent, report_coverage, softplus_surrogate
 
 from jaxbounds.verify import local_lipschitz as LL
 
@@ -46,8 +48,23 @@ def norms_of(jac, norm):
     return np.linalg.norm(jac, ord=2, axis=(1, 2))
 
 
+def searched_norm(fn, x0, eps, norm="inf", seed=0):
+    """Largest ‖J(x)‖ / difference quotient found by gradient ascent over the box (on the
+    softplus surrogate for a ReluMLP); an attained value."""
+    shape = x0.shape
+    surrogate = None
+    if isinstance(fn, LL.ReluMLP):
+        surrogate = softplus_surrogate(list(zip(fn.matrices, fn.biases)))
+    x = np.ravel(np.asarray(x0))
+    return lipschitz_ascent(lambda v: jnp.ravel(fn(v.reshape(shape))), lo=x - eps, hi=x + eps,
+                            norm=norm, surrogate=surrogate, seed=seed, pool=256, starts=8,
+                            steps=60)
+
+
 def sampled_norms(fn, x0, eps, key, norm="inf", num=10_000):
-    return norms_of(sampled_jacobians(fn, x0, eps, key, num), norm)
+    """The worst-case search's best value, then the norms of ``num`` sampled Jacobians."""
+    best = searched_norm(fn, x0, eps, norm)
+    return np.append(best, norms_of(sampled_jacobians(fn, x0, eps, key, num), norm))
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.3])
@@ -62,6 +79,7 @@ def test_relu_mlp_sound_lower_below_upper_and_below_naive(eps):
     assert int(np.sum(samples > interval)) == 0
     assert samples.max() <= linear <= interval <= naive
     assert lower <= linear
+    report_coverage(f"local_lipschitz_upper eps={eps}", samples.max(), linear)
 
 
 def test_generic_functions_sound_every_norm():
@@ -89,8 +107,9 @@ def test_generic_functions_sound_every_norm():
         jac = sampled_jacobians(fn, x0, 0.2, jax.random.key(5))
         for norm in ("inf", "1", "2"):
             upper = float(LL.local_lipschitz_upper(fn, x0, 0.2, norm=norm))
-            samples = norms_of(jac, norm)
+            samples = np.append(searched_norm(fn, x0, 0.2, norm), norms_of(jac, norm))
             assert int(np.sum(samples > upper)) == 0, (fn.__name__, norm)
+            report_coverage(f"{fn.__name__} norm {norm}", samples.max(), upper)
         lower = float(LL.local_lipschitz_lower(fn, x0, 0.2, key=jax.random.key(4)))
         assert samples.max() <= upper
         assert lower <= float(LL.local_lipschitz_upper(fn, x0, 0.2))
@@ -129,6 +148,10 @@ def test_linear_networks_lower_equals_upper():
             upper = float(LL.local_lipschitz_upper(fn, x0, 0.5, norm=norm))
             assert upper == pytest.approx(exact, rel=1e-9)
             assert lower <= upper
+        # the bound is exact here: the worst-case search reaches it
+        best = lipschitz_ascent(affine, lo=x0 - 0.5, hi=x0 + 0.5, norm=norm, pool=16, starts=2,
+                                steps=5)
+        assert report_coverage(f"affine norm {norm}", best, upper) >= 1 - 1e-6
 
 
 def test_upper_tightens_to_the_jacobian_norm_as_eps_goes_to_zero():
