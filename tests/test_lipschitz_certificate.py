@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from worst_case import report_coverage
 
 from jaxbounds.lipschitz import certificate as C
 from jaxbounds.lipschitz import optim
@@ -19,62 +20,103 @@ TINY = dict(vocab_size=13, d_model=16, num_blocks=2, num_heads=2, context=6)
 
 
 # --- search for the worst case (all in float64) ---------------------------------------------
+# Both searches work in the certificate's norm (per-token RMS, max over positions) and keep
+# every point in its domain {max_i rms(x_i) <= radius} (radius None: all of R^d). Every value
+# returned is attained at points of the domain, so it is a lower bound on the true constant.
 
 
-def _max_rms(z):
-    return jnp.max(jnp.sqrt(jnp.mean(z * z, axis=-1)), axis=-1)
+def _rms(z):
+    return jnp.sqrt(jnp.mean(z * z, axis=-1))
 
 
 def _into_domain(x, radius):
     """Scale each token (last axis) into the RMS ball of ``radius`` (None: no domain)."""
     if radius is None:
         return x
-    rms = jnp.sqrt(jnp.mean(x * x, axis=-1, keepdims=True))
-    return x * jnp.minimum(1.0, radius / jnp.maximum(rms, 1e-300))
+    return x * jnp.minimum(1.0, radius / jnp.maximum(_rms(x)[..., None], 1e-300))
 
 
-def _ascend(objective, init, key, radius, steps, lr):
-    """Normalised gradient ascent on ``objective(x, y)`` (x, y projected into the domain);
-    returns the best value seen. ``init(key) -> (x, y)``."""
+def _random_point(key, shape, radius):
+    return _into_domain(jax.random.normal(key, shape, jnp.float64) * 2.0, radius)
+
+
+def _ascend(objective, init, key, radius, steps, lr, starts, update=None):
+    """Normalised gradient ascent on ``objective(x, y)`` from ``starts`` starts, both points
+    projected into the domain after each step; returns the best value seen. ``init(key) ->
+    (x, y)``; ``update(x, y) -> y`` (optional) re-optimises y in closed form before each
+    step (power iteration)."""
 
     def one(k):
-        x, y = init(k)
         grad = jax.value_and_grad(objective, argnums=(0, 1))
 
         def body(i, carry):
             x, y, best = carry
+            if update is not None:
+                y = update(x, y)
             value, (gx, gy) = grad(x, y)
             best = jnp.maximum(best, jnp.where(jnp.isfinite(value), value, -jnp.inf))
-            scale = lr * (0.995 ** i) / jnp.sqrt(jnp.sum(gx * gx) + jnp.sum(gy * gy) + 1e-300)
-            return (_into_domain(x + scale * gx, radius), y + scale * gy, best)
+            if update is not None:
+                gy = jnp.zeros_like(gy)
+            scale = lr * (0.99**i) / jnp.sqrt(jnp.sum(gx * gx) + jnp.sum(gy * gy) + 1e-300)
+            return (_into_domain(x + scale * gx, radius),
+                    y if update is not None else _into_domain(y + scale * gy, radius), best)
 
-        _, _, best = jax.lax.fori_loop(0, steps, body, (x, y, jnp.array(-jnp.inf)))
+        _, _, best = jax.lax.fori_loop(0, steps, body, (*init(k), jnp.array(-jnp.inf)))
         return best
 
-    return jnp.max(jax.vmap(one)(jax.random.split(key, 24)))
+    return float(jnp.exp(jnp.max(jax.lax.map(one, jax.random.split(key, starts)))))
 
 
-def max_ratio(f, shape, radius, key, steps=120):
+def max_ratio(f, shape, radius, key, steps=150, starts=24):
     """max ‖f(x) − f(y)‖/‖x − y‖ (max-over-positions RMS norms) found by gradient ascent on
-    the log-ratio from 24 starts; x, y stay in the domain {max_i rms(x_i) ≤ radius}."""
+    the log-ratio over pairs (x, y) of the domain, from ``starts`` starts at separations
+    between e^-6 and 1."""
 
     def objective(x, y):
-        y = _into_domain(y, radius)
-        return jnp.log(_max_rms(f(x) - f(y))) - jnp.log(_max_rms(x - y))
+        return jnp.log(jnp.max(_rms(f(x) - f(y)))) - jnp.log(jnp.max(_rms(x - y)))
 
     def init(k):
         k1, k2, k3 = jax.random.split(k, 3)
-        x = _into_domain(jax.random.normal(k1, shape, jnp.float64) * 2.0, radius)
+        x = _random_point(k1, shape, radius)
         scale = jnp.exp(jax.random.uniform(k3, (), jnp.float64, -6.0, 0.0))
-        return x, x + scale * jax.random.normal(k2, shape, jnp.float64)
+        return x, _into_domain(x + scale * jax.random.normal(k2, shape, jnp.float64), radius)
 
-    return float(jnp.exp(_ascend(objective, init, key, radius, steps, 0.3)))
+    return _ascend(objective, init, key, radius, steps, 0.3, starts)
 
 
-def max_jacobian_norm(f, shape, out_dim, radius, key, steps=80):
-    """max over x in the domain, output position i and unit u of the dual norm of
-    ∇_x (u·f(x)_i / √V): √d·Σ_j ‖∂/∂x_j‖₂ = the operator norm of the Jacobian row block in
-    the max-RMS norms, found by gradient ascent over (x, u) from 24 starts (i = last)."""
+def _power_step(f, x, dx):
+    """One step of the power method for the max-RMS operator norm of J(x): the output token
+    i with the largest rms(J dx)_i, u = its direction, then each input token of dx set to
+    RMS 1 along (Jᵀu)_j (jvp, then vjp). Monotone: the value never decreases."""
+    w = jax.jvp(f, (x,), (dx,))[1]
+    i = jnp.argmax(_rms(w))
+    u = jnp.zeros_like(w).at[i].set(w[i] / jnp.maximum(jnp.linalg.norm(w[i]), 1e-300))
+    g = jax.vjp(f, x)[1](u)[0]
+    return g / jnp.maximum(_rms(g)[..., None], 1e-300)
+
+
+def max_jacobian_norm(f, shape, radius, key, steps=60, starts=16, power_iters=6):
+    """max over x in the domain of the operator norm of J(x) in the max-RMS norms: at every
+    ascent step ``power_iters`` power steps (on JᵀJ, in the mixed norm) give the direction
+    dx, then x moves along the gradient of log max_i rms(J(x) dx)_i (envelope theorem)."""
+
+    def objective(x, dx):
+        return jnp.log(jnp.max(_rms(jax.jvp(f, (x,), (dx,))[1])))
+
+    def update(x, dx):
+        return jax.lax.fori_loop(0, power_iters, lambda _, d: _power_step(f, x, d), dx)
+
+    def init(k):
+        k1, k2 = jax.random.split(k)
+        return _random_point(k1, shape, radius), jax.random.normal(k2, shape, jnp.float64)
+
+    return _ascend(objective, init, key, radius, steps, 0.3, starts, update)
+
+
+def max_dual_gradient(f, shape, out_dim, radius, key, steps=80, starts=24):
+    """max over x in the domain and unit u of the dual norm √d·Σ_j ‖∇_{x_j} u·f(x)_i‖₂/√V
+    (= the Jacobian's operator norm for the best u; i = the last position), by joint ascent
+    over (x, u). Complements :func:`max_jacobian_norm`: neither dominates the other."""
     d = shape[-1]
 
     def objective(x, u):
@@ -84,10 +126,19 @@ def max_jacobian_norm(f, shape, out_dim, radius, key, steps=80):
 
     def init(k):
         k1, k2 = jax.random.split(k)
-        x = _into_domain(jax.random.normal(k1, shape, jnp.float64) * 2.0, radius)
-        return x, jax.random.normal(k2, (out_dim,), jnp.float64)
+        return _random_point(k1, shape, radius), jax.random.normal(k2, (out_dim,), jnp.float64)
 
-    return float(jnp.exp(_ascend(objective, init, key, radius, steps, 0.3)))
+    return _ascend(objective, init, key, radius, steps, 0.3, starts)
+
+
+def worst_case(f, shape, radius, seed=0):
+    """(best difference quotient, best Jacobian norm) over the domain, every search from
+    ``seed``; the Jacobian norm is the better of power iteration and dual-norm ascent."""
+    out_dim = jax.eval_shape(f, jax.ShapeDtypeStruct(shape, jnp.float64)).shape[-1]
+    ratio = max_ratio(f, shape, radius, jax.random.PRNGKey(seed))
+    grad = max(max_jacobian_norm(f, shape, radius, jax.random.PRNGKey(seed + 1)),
+               max_dual_gradient(f, shape, out_dim, radius, jax.random.PRNGKey(seed + 2)))
+    return ratio, grad
 
 
 # --- models after a little training ---------------------------------------------------------
@@ -183,8 +234,7 @@ def test_mlp_bound_is_never_exceeded(trained_mlp):
     with jax.enable_x64(True):
         p64 = _f64(params)
         f = lambda x: model.apply(p64, x)  # noqa: E731  x [1, 8] -> [1, 4]
-        ratio = max_ratio(f, (1, 8), None, jax.random.PRNGKey(2))
-        grad = max_jacobian_norm(f, (1, 8), 4, None, jax.random.PRNGKey(3))
+        ratio, grad = worst_case(f, (1, 8), None, seed=2)
     assert ratio <= total and grad <= total, (ratio, grad, total)
     assert ratio > 0.1 * total  # the search is not vacuous
     print(f"MLP: bound {total:.4f}, adversarial ratio {ratio:.4f}, max grad norm {grad:.4f}")
@@ -201,10 +251,9 @@ def test_search_reaches_the_bound_of_a_linear_map():
     with jax.enable_x64(True):
         p64 = _f64(params)
         f = lambda x: model.apply(p64, x)  # noqa: E731
-        ratio = max_ratio(f, (1, 6), None, jax.random.PRNGKey(4))
-        grad = max_jacobian_norm(f, (1, 6), 5, None, jax.random.PRNGKey(5))
-    assert total * (1 - 1e-3) <= ratio <= total
-    assert total * (1 - 1e-3) <= grad <= total
+        ratio, grad = worst_case(f, (1, 6), None, seed=4)
+    assert total * (1 - 1e-6) <= ratio <= total  # exact: coverage >= 1 - 1e-6
+    assert total * (1 - 1e-6) <= grad <= total
 
 
 def _check_transformer_soundness(model, params, cfg, name):
@@ -218,23 +267,26 @@ def _check_transformer_soundness(model, params, cfg, name):
             return model.apply(p64, x[None], method=model.from_embeddings)[0]
 
         shape = (cfg.context, cfg.d_model)
-        ratio = max_ratio(f, shape, radius, jax.random.PRNGKey(6))
-        grad = max_jacobian_norm(f, shape, cfg.vocab_size, radius, jax.random.PRNGKey(7))
+        ratio, grad = worst_case(f, shape, radius, seed=6)
     print(f"{name}: bound {total:.4f}, ratio {ratio:.4f}, grad {grad:.4f}, "
           f"per layer {({k: round(float(v), 3) for k, v in per_layer.items()})}")
     assert ratio <= total, (name, ratio, total)
     assert grad <= total, (name, grad, total)
-    assert ratio > 0.0 and grad > 0.0
+    return report_coverage(f"certificate {name}", max(ratio, grad), total)
 
 
 def test_transformer_bound_is_never_exceeded(trained_transformer):
-    _check_transformer_soundness(*trained_transformer, "muon_svd_clip")
+    cov = _check_transformer_soundness(*trained_transformer, "muon_svd_clip")
+    # measured 0.00857 (bound 1466.4, best 12.56; a difference-quotient-only search finds
+    # 6.2): the weights here reach RMS norm 2, where the attention factor is loose
+    assert cov >= 0.0082, cov
 
 
 @pytest.mark.slow
 def test_transformer_bound_holds_without_constraints():
-    _check_transformer_soundness(*_trained_transformer("adamw_unconstrained"),
-                                 "adamw_unconstrained")
+    cov = _check_transformer_soundness(*_trained_transformer("adamw_unconstrained"),
+                                       "adamw_unconstrained")
+    assert cov > 0.0
 
 
 def test_trained_weights_respect_the_cap(trained_transformer):
@@ -376,3 +428,72 @@ def test_bad_inputs_raise(trained_mlp, trained_transformer):
         C.lipschitz_bound(ints, mlp_cfg)
     with pytest.raises(ValueError, match="float64"):
         jax.jit(lambda p: C.lipschitz_bound(p, mlp_cfg)[0])(mlp_params)
+
+
+# --- coverage on the quickstart model -------------------------------------------------------
+# The quickstart's configuration (experiments/quickstart.py): d_model 64, 2 blocks, 2 heads,
+# context 64, Muon (lr 0.1 → 0, momentum 0.9, Adam 3e-3 on the embedding) + the spectral hard
+# cap w_max 1 (RMS→RMS), weights initialised at 0.9, embedding rows projected to RMS ≤ 1,
+# batch 32 on the bundled Shakespeare text. Trained here for QUICKSTART_STEPS steps instead of
+# 250 (the certificate and the search behave the same: at 250 steps bound 1.6111, best 0.7209,
+# bound / best 2.23).
+QUICKSTART_STEPS = 60
+# Measured with the search below (seed 0, sequences of 16 tokens): bound / best attack.
+QUICKSTART_COVERAGE = 0.443
+QUICKSTART_MARGIN = 0.03  # a weaker search or a looser bound (> 7% worse) fails
+
+
+def _quickstart_model():
+    from experiments import char_model
+
+    vocab, train_tokens, _ = char_model.corpus_split(0.1)
+    cfg = T.LipschitzTransformerConfig(vocab_size=vocab.size, d_model=64, num_blocks=2,
+                                       num_heads=2, context=64, init_norm=0.9)
+    model = T.LipschitzTransformer(cfg)
+    params = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32))
+    steps = QUICKSTART_STEPS
+
+    def kernels_only(p):
+        return jax.tree_util.tree_map_with_path(
+            lambda path, _: optax.contrib.MuonDimensionNumbers()
+            if str(getattr(path[-1], "key", path[-1])) == "kernel" else None, p)
+
+    muon = optax.contrib.muon(optax.linear_schedule(0.1, 0.0, steps), beta=0.9,
+                              adam_learning_rate=optax.linear_schedule(3e-3, 0.0, steps),
+                              muon_weight_dimension_numbers=kernels_only)
+    tx = optim.with_projection(muon, "spectral_hard_cap", 1.0, norm="rms")
+    rng = np.random.default_rng(0)
+
+    def batches(i):
+        return char_model.sample_batch(rng, train_tokens, 32, 64)
+
+    loss = _lm_loss(model)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, x, y):
+        updates, state = tx.update(jax.grad(loss)(params, x, y), state, params)
+        return T.project_embedding(optax.apply_updates(params, updates), 1.0), state
+
+    for i in range(steps):
+        params, state = step(params, state, *batches(i))
+    return model, params, cfg
+
+
+@pytest.mark.slow
+def test_quickstart_certificate_coverage():
+    model, params, cfg = _quickstart_model()
+    details = C.certificate_details(params, cfg)
+    total, radius = float(details["total"]), float(details["radii"]["input"])
+    with jax.enable_x64(True):
+        p64 = _f64(params)
+
+        def f(x):
+            return model.apply(p64, x[None], method=model.from_embeddings)[0]
+
+        ratio, grad = worst_case(f, (16, cfg.d_model), radius, seed=0)
+    cov = report_coverage("certificate quickstart transformer", max(ratio, grad), total)
+    print(f"quickstart: bound {total:.4f}, ratio {ratio:.4f}, Jacobian {grad:.4f}, "
+          f"bound / best {1 / cov:.2f}")
+    assert cov <= 1.0
+    assert cov >= QUICKSTART_COVERAGE - QUICKSTART_MARGIN, cov

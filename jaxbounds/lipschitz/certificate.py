@@ -122,6 +122,15 @@ def _head_norms(kernel, cfg: LipschitzTransformerConfig):
     return rms_operator_norm(heads)  # each head a kernel [d_model, d_h]
 
 
+def _attention_branch(a_q, a_k, a_v, w_o, radius):
+    """(Lipschitz bound, output radius) of the attention branch on inputs of radius R, from
+    the per-head norms a_q, a_k, a_v [H] and ‖W_o‖ (formulas: the module docstring)."""
+    per_head = a_v * (1.0 + 2.0 * a_q * a_k * radius**2)
+    l_att = w_o / 3.0 * jnp.sqrt(jnp.mean(per_head**2))
+    r_att = w_o / 3.0 * jnp.sqrt(jnp.mean(a_v**2)) * radius
+    return l_att, r_att
+
+
 def _transformer_core(leaves, cfg: LipschitzTransformerConfig, input_radius):
     dtype = leaves["embedding"].dtype
     alpha = cfg.alpha
@@ -138,9 +147,7 @@ def _transformer_core(leaves, cfg: LipschitzTransformerConfig, input_radius):
         a = {n: _head_norms(leaves[f"{prefix}/attn/{n}/kernel"], cfg)
              for n in ("query", "key", "value")}
         w_o = rms_operator_norm(leaves[f"{prefix}/attn/out/kernel"])
-        per_head = a["value"] * (1.0 + 2.0 * a["query"] * a["key"] * radius**2)
-        l_att = w_o / 3.0 * jnp.sqrt(jnp.mean(per_head**2))
-        r_att = w_o / 3.0 * jnp.sqrt(jnp.mean(a["value"] ** 2)) * radius
+        l_att, r_att = _attention_branch(a["query"], a["key"], a["value"], w_o, radius)
         per_layer[f"{prefix}/attn"] = (1 - alpha) + alpha * l_att
         branch[f"{prefix}/attn"] = l_att
         radius = (1 - alpha) * radius + alpha * r_att
