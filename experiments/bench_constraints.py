@@ -1,7 +1,7 @@
 """Benchmark: time per projection of the spectral constraints, and their share of a Muon step.
 
-    python experiments/bench_constraints.py [--size N ...] [--reps R] [--skip-jnp-svd]
-                                            [--layers L] [--tokens T] [--json PATH]
+    python -m experiments bench constraints [--size N ...] [--reps R] [--skip-jnp-svd]
+        [--layers L] [--tokens T] [--out DIR]
 
 Methods (jaxbounds.lipschitz.constraints), each on one float32 N×N matrix whose singular
 values are spread linearly over 0.05·w_max … 4·w_max (random singular vectors):
@@ -25,20 +25,14 @@ as a residual MLP on ``--tokens`` tokens); one step = loss gradient + ``optax.co
 update + apply, with and without ``lipschitz_projection`` (hard cap / soft cap / normalize;
 ``hard_cap_ungrouped`` projects each matrix separately instead of stacking same-shape ones).
 
-Writes ``runs/bench_constraints/results.json`` (or ``--json``). Targets (issue #5): on a GPU,
+Writes ``<out>/bench_constraints/results.json``. Targets: on a GPU,
 the hard cap at 4096² ≥ 5× faster than ``jnp.linalg.svd`` at the accuracy above. The CPU
 figures are reported, not targets.
 """
 
 from __future__ import annotations
 
-import argparse
-import pathlib
-import sys
 import time
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +40,8 @@ import numpy as np
 import optax
 import scipy.linalg
 
-from experiments._runner import format_table, time_jitted, write_results
+from experiments._output import format_table, time_jitted
+from experiments._runner import bench, bench_parser, device, on_gpu, save_bench
 from jaxbounds.lipschitz import constraints as C
 from jaxbounds.lipschitz.optim import lipschitz_projection
 
@@ -71,7 +66,7 @@ def gesdd_clip(w: np.ndarray, w_max: float) -> np.ndarray:
     return (u * np.minimum(s, w_max)) @ vt
 
 
-def fast_methods(on_gpu: bool):
+def fast_methods(gpu: bool):
     key = jax.random.key(1)
     alpha = float(C.soft_cap_alpha(W_MAX, 0.0, LR, MUON_BOUND))
     methods = {
@@ -81,7 +76,7 @@ def fast_methods(on_gpu: bool):
         "normalize": lambda w: C.spectral_normalize(w, W_MAX, key=key, num_iters=16),
         "hammer": lambda w: C.spectral_hammer(w, W_MAX, key=key, num_iters=16),
     }
-    if on_gpu:
+    if gpu:
         methods["hard_cap_default_prec"] = lambda w: C.spectral_hard_cap(
             w, W_MAX, precision=jax.lax.Precision.DEFAULT)
     return methods
@@ -91,7 +86,7 @@ def accuracy(out, s0) -> dict[str, float]:
     """Against the known spectrum. The output's singular values come from a float64 gesdd on
     a CPU, and from a float32 ``jnp.linalg.svd`` on a GPU (error ~1e-6, far below the
     tolerances, and it keeps the 4096² runs short)."""
-    if jax.default_backend() == "gpu":
+    if on_gpu():
         s = np.asarray(jnp.linalg.svd(jnp.asarray(out, jnp.float32), compute_uv=False),
                        np.float64)
     else:
@@ -101,17 +96,17 @@ def accuracy(out, s0) -> dict[str, float]:
             "max_sv_error": float(np.abs(s - np.minimum(s0, W_MAX)).max() / W_MAX)}
 
 
-def bench_size(n: int, reps: int, skip_jnp_svd: bool, on_gpu: bool, seed: int):
+def bench_size(n: int, reps: int, skip_jnp_svd: bool, gpu: bool, seed: int):
     w, s0 = known_matrix(jax.random.key(seed + n), n)
     rows = []
-    methods = fast_methods(on_gpu)
+    methods = fast_methods(gpu)
     times = time_jitted(methods, (w,), reps)
     for name, fn in methods.items():
         row = {"size": n, "method": name, "time_s": times[name]}
         if name.startswith("hard_cap"):  # the soft cap is no cap on σ > k: not scored
             row.update(accuracy(jax.jit(fn)(w), s0))
         rows.append(row)
-    svd_reps = reps if (on_gpu or n <= 1024) else 1
+    svd_reps = reps if (gpu or n <= 1024) else 1
     if not skip_jnp_svd:
         t = time_jitted({"svd_jnp": lambda w: C.svd_clip(w, W_MAX)}, (w,), svd_reps)
         out = jax.jit(lambda w: C.svd_clip(w, W_MAX))(w)
@@ -195,39 +190,35 @@ def C_project_init(params):
     return project_params(params, "spectral_hard_cap", W_MAX, norm="rms")
 
 
+@bench("constraints", "Spectral constraints: time and accuracy per projection against SVD "
+       "clipping, and their share of a Muon step.")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--size", type=int, action="append", default=None,
                         help="matrix size N (repeatable); default 768 and 2048")
-    parser.add_argument("--reps", type=int, default=None,
-                        help="timed repetitions (default: 3 on CPU, 10 on GPU)")
     parser.add_argument("--skip-jnp-svd", action="store_true",
                         help="skip jnp.linalg.svd (about 34 s per call at 2048² on 2 CPU cores)")
     parser.add_argument("--layers", type=int, default=None,
                         help="blocks in the Muon-step model (default: 1 on CPU, 4 on GPU)")
     parser.add_argument("--tokens", type=int, default=None,
                         help="tokens per Muon step (default: 256 on CPU, 8192 on GPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default="runs/bench_constraints/results.json")
     args = parser.parse_args(argv)
-    on_gpu = jax.default_backend() == "gpu"
-    reps = args.reps or (10 if on_gpu else 3)
+    gpu = on_gpu()
+    reps = args.reps or (10 if gpu else 3)
     sizes = args.size or [768, 2048]
-    for n in sizes:
-        if n < 2:
-            parser.error(f"--size must be >= 2, got {n}")
-    device = jax.devices()[0].device_kind
+    if min(sizes) < 2:
+        parser.error(f"--size must be >= 2, got {min(sizes)}")
 
     rows = []
     for n in sizes:
         print(f"size {n} ...", flush=True)
-        new = bench_size(n, reps, args.skip_jnp_svd, on_gpu, args.seed)
+        new = bench_size(n, reps, args.skip_jnp_svd, gpu, args.seed)
         for r in new:
             print("  ", {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()},
                   flush=True)
         rows += new
-    layers = args.layers or (4 if on_gpu else 1)
-    tokens = args.tokens or (8192 if on_gpu else 256)
+    layers = args.layers or (4 if gpu else 1)
+    tokens = args.tokens or (8192 if gpu else 256)
     print(f"Muon step share ({layers} blocks, {tokens} tokens) ...", flush=True)
     share = muon_step_share(layers, tokens, reps, args.seed)
 
@@ -239,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     table = [[r["size"], r["method"], 1e3 * r["time_s"],
               "-" if r["speedup_vs_svd_jnp"] is None else r["speedup_vs_svd_jnp"],
               r.get("overshoot", "-"), r.get("max_sv_error", "-")] for r in rows]
-    print(f"\nprojection time on {device} ({jax.default_backend()}), median of {reps}")
+    print(f"\nprojection time on {device()}, median of {reps}")
     print(format_table(headers, table))
     print(f"\nMuon step with projection ({layers} blocks of d=768, {tokens} tokens)")
     print(format_table(["projection", "step ms", "share of step"],
@@ -251,16 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         if r["method"] == "hard_cap":
             targets[f"hard_cap_accuracy_{r['size']}"] = (
                 r["overshoot"] <= 1e-3 and r["max_sv_error"] <= 1e-2)
-            if on_gpu and r["size"] == 4096 and r["speedup_vs_svd_jnp"] is not None:
+            if gpu and r["size"] == 4096 and r["speedup_vs_svd_jnp"] is not None:
                 targets["gpu_hard_cap_5x_vs_jnp_svd_4096"] = r["speedup_vs_svd_jnp"] >= 5
-    print("\ntargets:", ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
-    path = write_results(pathlib.Path(args.json), {
-        "w_max": W_MAX, "reps": reps, "device": device, "projection": rows,
-        "muon_step": {"layers": layers, "tokens": tokens, "rows": share},
-        "targets": targets})
-    print(f"wrote {path}")
+    save_bench(args.out, "bench_constraints",
+               {"w_max": W_MAX, "reps": reps, "device": jax.devices()[0].device_kind,
+                "projection": rows, "muon_step": {"layers": layers, "tokens": tokens,
+                                                  "rows": share}}, targets)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

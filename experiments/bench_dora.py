@@ -1,7 +1,7 @@
 """Benchmark: factored-norm DoRA and the fused DoRA layer against a DoRA that forms AB.
 
-    python experiments/bench_dora.py [--shape D_IN,D_OUT,R ...] [--tokens 2048]
-                                     [--implementation xla|triton|interpret] [--reps N]
+    python -m experiments bench dora [--shape D_IN,D_OUT,R ...] [--tokens 2048]
+        [--implementation xla|triton|interpret] [--reps N] [--dtype bfloat16] [--out DIR]
 
 Paths, measured in one process on the same random inputs:
 
@@ -16,7 +16,7 @@ the norm detached, as in the paper), it reports the time ratio ours/dense and th
 intermediate array of each jaxpr in bytes: a hardware-independent memory figure
 (XLA:CPU's memory_analysis() hides temporaries). Writes ``runs/bench_dora/results.json``.
 
-Targets (issue #2): norm intermediate ≤ 4·(d_out·r + r² + d_out) bytes and ≥ 16× below the
+Targets: norm intermediate ≤ 4·(d_out·r + r² + d_out) bytes and ≥ 16× below the
 dense 4·d_in·d_out at (8192, 8192, 384); forward + backward time ratio ≤ 1.0 on CPU; ≥ 1.5×
 faster than dense on a GPU.
 """
@@ -27,16 +27,20 @@ import argparse
 import dataclasses
 import json
 import pathlib
-import sys
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 
 from experiments._jaxpr_memory import largest_intermediate_bytes
-from experiments._runner import format_table, time_jitted, write_results
+from experiments._output import format_table, time_jitted, with_backward
+from experiments._runner import (
+    bench,
+    bench_parser,
+    default_implementation,
+    device,
+    on_gpu,
+    save_bench,
+)
 from jaxbounds.adapters.dora import (
     column_sq_norm,
     dora_column_norm,
@@ -44,7 +48,7 @@ from jaxbounds.adapters.dora import (
     dora_linear,
     dora_linear_dense,
 )
-from pallas_kernels import DoRABlockSizes, _backend
+from pallas_kernels import DoRABlockSizes
 
 DEFAULT_SHAPES = ((4096, 4096, 64), (8192, 8192, 384))
 SCALE = 2.0
@@ -81,18 +85,6 @@ def layer_paths(implementation: str, blocks=None):
     return paths
 
 
-def with_backward(fn):
-    """Forward + backward: gradients for x, A, B and m of ⟨y, cotangent⟩."""
-
-    def loss(x, w0, a, b, m, sq, ct):
-        return jnp.vdot(fn(x, w0, a, b, m, sq).astype(jnp.float32), ct)
-
-    def fwd_bwd(x, w0, a, b, m, sq, ct):
-        return jax.grad(loss, argnums=(0, 2, 3, 4))(x, w0, a, b, m, sq, ct)
-
-    return fwd_bwd
-
-
 def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps, dtype=jnp.float32,
                 blocks=None):
     x, w0, a, b, m = make_inputs(key, tokens, d_in, d_out, rank, dtype)
@@ -104,7 +96,8 @@ def bench_shape(key, tokens, d_in, d_out, rank, implementation, reps, dtype=jnp.
     cases = (
         ("norm", norm_paths(), args, abstract[:-1]),
         ("forward", layer_paths(implementation, blocks), args, abstract[:-1]),
-        ("fwd+bwd", {k: with_backward(f) for k, f in layer_paths(implementation, blocks).items()},
+        ("fwd+bwd", {k: with_backward(f, (0, 2, 3, 4))
+                     for k, f in layer_paths(implementation, blocks).items()},
          (*args, ct), abstract),
     )
     for what, fns, call_args, shapes in cases:
@@ -133,33 +126,25 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return parts
 
 
+@bench("dora", "DoRA: factored norm and fused layer vs a DoRA that forms W0 + sAB (time, memory).")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, implementation=None)
     parser.add_argument("--shape", type=parse_shape, action="append", default=None)
     parser.add_argument("--tokens", type=int, default=2048)
-    parser.add_argument("--implementation", default=None,
-                        choices=("xla", "triton", "interpret"))
-    parser.add_argument("--reps", type=int, default=None,
-                        help="timed repetitions (default: 3 on CPU, 20 on GPU)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="dtype of x and W0 (A, B, m stay float32)")
     parser.add_argument("--blocks", default=None,
-                        help="JSON file {dtype: DoRABlockSizes fields} (from tune_dora.py)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs")
+                        help="JSON file {dtype: DoRABlockSizes fields} (from bench tune_dora)")
     args = parser.parse_args(argv)
     blocks = None
     if args.blocks:
         fields = json.loads(pathlib.Path(args.blocks).read_text()).get(args.dtype)
         blocks = DoRABlockSizes(**fields) if fields else None
-    implementation = _backend.resolve_implementation(args.implementation)
-    on_gpu = jax.default_backend() == "gpu"
-    reps = args.reps or (20 if on_gpu else 3)
-    shapes = args.shape or list(DEFAULT_SHAPES)
-
+    implementation = default_implementation(args.implementation)
+    reps = args.reps or (20 if on_gpu() else 3)
     key = jax.random.PRNGKey(args.seed)
     results = []
-    for i, (d_in, d_out, rank) in enumerate(shapes):
+    for i, (d_in, d_out, rank) in enumerate(args.shape or DEFAULT_SHAPES):
         print(f"shape (d_in, d_out, r) = ({d_in}, {d_out}, {rank}), {args.tokens} tokens ...",
               flush=True)
         results += bench_shape(jax.random.fold_in(key, i), args.tokens, d_in, d_out, rank,
@@ -171,9 +156,8 @@ def main(argv: list[str] | None = None) -> int:
              1e3 * r["time_dense_s"], r["time_ratio"], r["largest_intermediate_ours"],
              r["largest_intermediate_dense"], r["memory_ratio_dense_over_ours"]]
             for r in results]
-    print(f"\nDoRA benchmark on {jax.devices()[0].device_kind} ({jax.default_backend()}), "
-          f"implementation={implementation!r}, dtype={args.dtype}, median of {reps}"
-          + (f", blocks={blocks}" if blocks else ""))
+    print(f"\nDoRA benchmark on {device()}, implementation={implementation!r}, "
+          f"dtype={args.dtype}, median of {reps}" + (f", blocks={blocks}" if blocks else ""))
     print(format_table(headers, rows))
 
     targets = {}
@@ -184,20 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             if tuple(r["shape"]) == (8192, 8192, 384):
                 targets["norm_16x_at_8192_8192_384"] = r["memory_ratio_dense_over_ours"] >= 16
         if r["what"] == "fwd+bwd" and r["path"] == "ours":
-            if on_gpu:
+            if on_gpu():
                 targets[f"gpu_speedup_1.5x_{tag}"] = r["time_ratio"] <= 1 / 1.5
             else:
                 targets[f"cpu_fwd_bwd_ratio_le_1_{tag}"] = r["time_ratio"] <= 1.0
-    print("\ntargets:", ", ".join(f"{k}={'met' if v else 'MISSED'}" for k, v in targets.items()))
-    path = write_results(pathlib.Path(args.out) / "bench_dora" / f"results_{args.dtype}.json"
-                         if args.dtype != "float32" else
-                         pathlib.Path(args.out) / "bench_dora" / "results.json",
-                         {"implementation": implementation, "reps": reps, "dtype": args.dtype,
-                          "blocks": None if blocks is None else dataclasses.asdict(blocks),
-                          "tokens": args.tokens, "results": results, "targets": targets})
-    print(f"wrote {path}")
+    save_bench(args.out, "bench_dora",
+               {"implementation": implementation, "reps": reps, "dtype": args.dtype,
+                "blocks": None if blocks is None else dataclasses.asdict(blocks),
+                "tokens": args.tokens, "results": results}, targets,
+               "results.json" if args.dtype == "float32" else f"results_{args.dtype}.json")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Benchmark: HyperAttention against exact attention, time and error, one process.
 
-    python experiments/bench_hyperattention.py [--n 4096 --n 8192 ...] [--reps N]
-        [--implementation xla|triton|interpret] [--json PATH] [--heads H] [--batch B]
+    python -m experiments bench hyperattention [--n 4096 --n 8192 ...] [--reps N]
+        [--implementation xla|triton|interpret] [--out DIR] [--heads H] [--batch B]
 
 CPU (default, ``implementation="xla"``): at n = 4k, 8k, 16k, 32k (``--n 65536`` adds 64k),
 head dim 64, causal and not, forward and forward + backward, it times
@@ -19,28 +19,21 @@ GPU (``--implementation triton``): causal, bf16, at 32k and 131k, HyperAttention
 Pallas kernels against ``jax.nn.dot_product_attention`` (implementation="cudnn" where it
 runs, else "xla"); the paper reports 5× over FlashAttention at 131k.
 
-Targets (issue #4) on CPU: non-causal at 32k at least 5× faster than exact (forward), and
+Targets on CPU: non-causal at 32k at least 5× faster than exact (forward), and
 time(32k)/time(8k) ≤ 6 for HyperAttention (16 for a quadratic method).
-Writes ``runs/bench_hyperattention/results.json`` (or ``--json PATH``).
+Writes ``<out>/bench_hyperattention/results.json``.
 """
 
 from __future__ import annotations
-
-import argparse
-import pathlib
-import sys
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._runner import format_table, time_jitted, write_results
+from experiments._output import format_table, time_jitted, with_backward
+from experiments._runner import bench, bench_parser, default_implementation, device, save_bench
 from jaxbounds.attention.hyper import hyper_attention
 from jaxbounds.attention.softmax import softmax_attention
-from pallas_kernels import _backend
 
 HYPER = dict(block_size=256, sample_size=256, num_projections=7, min_seq_len=4096)
 CHUNK = 1024
@@ -74,13 +67,6 @@ def relative(a, b) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-def with_backward(fn):
-    def loss(q, k, v, ct):
-        return jnp.vdot(fn(q, k, v).astype(jnp.float32), ct)
-
-    return lambda q, k, v, ct: jax.grad(loss, argnums=(0, 1, 2))(q, k, v, ct)
-
-
 def error_at(key, n, causal, batch, heads, implementation, logit_std):
     """Output and lse errors of HyperAttention against exact attention on Gaussian q, k
     scaled so that the logits c·q·k have standard deviation ``logit_std`` (1 = nearly
@@ -90,7 +76,7 @@ def error_at(key, n, causal, batch, heads, implementation, logit_std):
     q, k, v = (jax.random.normal(x, shape, jnp.float32) for x in (kq, kk, kv))
     q, k = q * logit_std ** 0.5, k * logit_std ** 0.5
     out_h, lse_h = jax.jit(lambda q, k, v: hyper_attention(
-        q, k, v, kh, causal=causal, return_lse=True, implementation=implementation,
+        q, k, v, key=kh, causal=causal, return_lse=True, implementation=implementation,
         **HYPER))(q, k, v)
     out_e, lse_e = jax.jit(lambda q, k, v: chunked_exact_attention(q, k, v, causal=causal))(
         q, k, v)
@@ -104,7 +90,7 @@ def bench_cpu(key, n, causal, reps, batch, heads, implementation, dense_up_to=81
     kq, kk, kv, kc, kh = jax.random.split(jax.random.fold_in(key, n), 5)
     shape = (batch, n, heads, 64)
     q, k, v, ct = (jax.random.normal(x, shape, jnp.float32) for x in (kq, kk, kv, kc))
-    hyper = lambda q, k, v: hyper_attention(q, k, v, kh, causal=causal,
+    hyper = lambda q, k, v: hyper_attention(q, k, v, key=kh, causal=causal,
                                             implementation=implementation, **HYPER)
     exact = lambda q, k, v: chunked_exact_attention(q, k, v, causal=causal)[0]
     fns = {"hyper": hyper, "exact": exact}
@@ -113,7 +99,7 @@ def bench_cpu(key, n, causal, reps, batch, heads, implementation, dense_up_to=81
     errors = [error_at(key, n, causal, batch, heads, implementation, s) for s in logit_stds]
     rows = []
     for what, table, args in (("forward", fns, (q, k, v)),
-                              ("fwd+bwd", {name: with_backward(f) for name, f in fns.items()},
+                              ("fwd+bwd", {n: with_backward(f, (0, 1, 2)) for n, f in fns.items()},
                                (q, k, v, ct))):
         times = time_jitted(table, args, reps)
         rows.append(dict(n=n, causal=causal, what=what, time_hyper_s=times["hyper"],
@@ -130,7 +116,7 @@ def bench_gpu(key, n, reps, batch, heads, implementation):
     shape = (batch, n, heads, 64)
     q, k, v = (jax.random.normal(x, shape, jnp.float32).astype(jnp.bfloat16)
                for x in (kq, kk, kv))
-    fns = {"hyper": lambda q, k, v: hyper_attention(q, k, v, kh, causal=True,
+    fns = {"hyper": lambda q, k, v: hyper_attention(q, k, v, key=kh, causal=True,
                                                     implementation=implementation, **HYPER)}
     baseline = None
     for impl in ("cudnn", "xla"):
@@ -152,20 +138,17 @@ def bench_gpu(key, n, reps, batch, heads, implementation):
                  out_rel_error=relative(out_h, out_e))]
 
 
+@bench("hyperattention", "HyperAttention vs exact attention: time and error by n (CPU: "
+       "chunked exact baseline; GPU: Pallas kernels vs cuDNN, bf16).")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, implementation=None)
     parser.add_argument("--n", type=int, action="append", default=None)
-    parser.add_argument("--implementation", default=None,
-                        choices=("xla", "triton", "interpret"))
-    parser.add_argument("--reps", type=int, default=None)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=None,
                         help="default 1 on CPU, 16 on GPU")
     parser.add_argument("--causal", choices=("both", "yes", "no"), default="both")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", default=None, help="output path of the JSON table")
     args = parser.parse_args(argv)
-    implementation = _backend.resolve_implementation(args.implementation)
+    implementation = default_implementation(args.implementation)
     gpu_mode = implementation == "triton"
     key = jax.random.PRNGKey(args.seed)
     results = []
@@ -194,9 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     error_rows = [[r["n"], r["causal"], e["logit_std"], e["out_rel_error"], e["lse_rel_error"],
                    e["lse_max_abs_error"]]
                   for r in results if r["what"] == "forward" for e in r.get("errors", [])]
-    print(f"\nHyperAttention benchmark on {jax.devices()[0].device_kind} "
-          f"({jax.default_backend()}), implementation={implementation!r}, batch={args.batch}, "
-          f"heads={heads}, head_dim=64, {HYPER}, median of {reps}")
+    print(f"\nHyperAttention benchmark on {device()}, implementation={implementation!r}, "
+          f"batch={args.batch}, heads={heads}, head_dim=64, {HYPER}, median of {reps}")
     print(format_table(headers, rows))
     if error_rows:
         print("\nerror against exact by logit standard deviation (q, k scaled):")
@@ -217,20 +199,12 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if (131072, True, "forward") in by:
             targets["gpu_speedup_131k"] = by[(131072, True, "forward")]["speedup"]
-    shown = {k: (("met" if v else "MISSED") if isinstance(v, bool) else f"{v:.3g}")
-             for k, v in targets.items()}
-    print("\ntargets:", ", ".join(f"{k}={v}" for k, v in shown.items()))
-    path = pathlib.Path(args.json) if args.json else (
-        pathlib.Path("runs") / "bench_hyperattention" / "results.json")
-    write_results(path, {"implementation": implementation, "reps": reps, "batch": args.batch,
-                         "heads": heads, "head_dim": 64, "hyper": HYPER,
-                         "exact_baseline": f"chunked exact softmax, {CHUNK} queries per chunk, "
-                                           "jax.checkpoint per chunk" if not gpu_mode else
-                                           "jax.nn.dot_product_attention",
-                         "results": results, "targets": targets})
-    print(f"wrote {path}")
+    save_bench(args.out, "bench_hyperattention",
+               {"implementation": implementation, "reps": reps, "batch": args.batch,
+                "heads": heads, "head_dim": 64, "hyper": HYPER,
+                "exact_baseline": f"chunked exact softmax, {CHUNK} queries per chunk, "
+                                  "jax.checkpoint per chunk" if not gpu_mode else
+                                  "jax.nn.dot_product_attention",
+                "results": results}, targets)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

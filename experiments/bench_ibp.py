@@ -1,6 +1,6 @@
 """Benchmark: IBP and CROWN time per batch against a plain forward pass.
 
-    python experiments/bench_ibp.py [--reps N] [--batch B] [--json] [--out DIR]
+    python -m experiments bench ibp [--reps N] [--batch B] [--only NAME ...] [--out DIR]
 
 Models (random weights, float32, inputs in [0, 1], ε = 0.1):
 
@@ -10,7 +10,7 @@ Models (random weights, float32, inputs in [0, 1], ε = 0.1):
   dense(64), 10).
 
 Paths, each jitted and timed in one process with interleaved repetitions
-(:func:`experiments._runner.time_jitted`):
+(:func:`experiments._output.time_jitted`):
 
 * ``forward``: the network on the batch;
 * ``ibp``: :func:`jaxbounds.verify.interval_bounds` with outward rounding (default);
@@ -19,24 +19,17 @@ Paths, each jitted and timed in one process with interleaved repetitions
   backward pass from the logits, per example (``vmap``);
 * ``crown``: full CROWN (a backward pass per ReLU layer), per example (``vmap``).
 
-Reports the time ratio to ``forward``. Target (issue #6): ``ibp`` ≤ 4× a forward pass.
-Writes ``runs/bench_ibp/results.json``; ``--json`` also prints it.
+Reports the time ratio to ``forward``. Target: ``ibp`` ≤ 4× a forward pass.
+Writes ``<out>/bench_ibp/results.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import pathlib
-import sys
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
 import jax
 import jax.numpy as jnp
 
-from experiments._runner import format_table, time_jitted, write_results
+from experiments._output import format_table, time_jitted
+from experiments._runner import bench, bench_parser, save_bench
 from jaxbounds.verify import crown_bounds, interval_bounds
 
 EPS = 0.1
@@ -92,36 +85,28 @@ def paths(fn, with_crown: bool):
     return out
 
 
+@bench("ibp", "IBP and CROWN time per batch against a plain forward pass.")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=20)
+    parser = bench_parser(__doc__)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--out", default="runs")
     parser.add_argument("--only", nargs="*", default=None, help="model names to run")
     args = parser.parse_args(argv)
-    key = jax.random.key(0)
+    key = jax.random.key(args.seed)
     rows, table = [], {}
     for name, (fn, shape, with_crown) in models(key).items():
         if args.only and name not in args.only:
             continue
         key, kx = jax.random.split(key)
         x = jax.random.uniform(kx, (args.batch, *shape))
-        times = time_jitted(paths(fn, with_crown), (x,), args.reps)
+        times = time_jitted(paths(fn, with_crown), (x,), args.reps or 20)
         base = times["forward"]
         table[name] = {"batch": args.batch, "seconds": times,
                        "ratio_to_forward": {k: v / base for k, v in times.items()}}
         for path, seconds in times.items():
             rows.append([name, path, seconds * 1e3, seconds / base])
-    payload = {"eps": EPS, "target": "ibp <= 4x forward", "results": table,
-               "ibp_within_target": {k: v["ratio_to_forward"]["ibp"] <= 4.0
-                                     for k, v in table.items()}}
-    write_results(pathlib.Path(args.out) / "bench_ibp" / "results.json", payload)
     print(format_table(["model", "path", "ms / batch", "× forward"], rows))
-    if args.json:
-        print(json.dumps(payload, indent=2))
+    save_bench(args.out, "bench_ibp", {"eps": EPS, "target": "ibp <= 4x forward",
+                                       "results": table},
+               {f"ibp_le_4x_forward_{k}": v["ratio_to_forward"]["ibp"] <= 4.0
+                for k, v in table.items()})
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

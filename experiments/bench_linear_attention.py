@@ -1,8 +1,8 @@
 """Benchmark: causal NaLa attention (linear) against exact softmax attention (quadratic).
 
-    python experiments/bench_linear_attention.py [--seq 1024 4096 16384 65536] [--heads 1]
+    python -m experiments bench linear_attention [--seq 1024 4096 16384 65536] [--heads 1]
         [--batch 1] [--head-dim 64] [--dtype float32|bfloat16] [--reps 3]
-        [--implementation xla|triton] [--json PATH]
+        [--implementation xla|triton] [--out DIR]
 
 Paths, measured in one process on the same random inputs (layout [batch, seq, heads, 64]):
 
@@ -18,27 +18,21 @@ reports the time, the ratio NaLa/softmax, NaLa's growth time(16k)/time(4k), toke
 largest intermediate array of each jaxpr in bytes (hardware-independent memory). A softmax
 whose largest intermediate exceeds ``--max-bytes`` is not run (its bytes are still reported).
 
-CPU targets (issue #3): time_NaLa(16k)/time_NaLa(4k) ≤ 5; NaLa faster than softmax from 4k.
-Writes ``runs/bench_linear_attention/results.json`` (or ``--json``).
+CPU targets: time_NaLa(16k)/time_NaLa(4k) ≤ 5; NaLa faster than softmax from 4k.
+Writes ``<out>/bench_linear_attention/results.json``.
 """
 
 from __future__ import annotations
-
-import argparse
-import pathlib
-import sys
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 
 from experiments._jaxpr_memory import largest_intermediate_bytes
-from experiments._runner import format_table, time_jitted, write_results
+from experiments._output import format_table, time_jitted, with_backward
+from experiments._runner import bench, bench_parser, device, on_gpu, save_bench
 from jaxbounds.attention.nalaformer import nala_attention, nala_features
 from jaxbounds.attention.rope import rope_1d
-from pallas_kernels import _backend
+from pallas_kernels import cuda_available
 from pallas_kernels.linear_attention import LinearAttentionBlockSizes, causal_linear_attention_sums
 
 DEFAULT_SEQ = (1024, 4096, 16384, 65536)
@@ -64,21 +58,13 @@ def attention_paths(seq, head_dim, implementation):
                                                    implementation="xla"),
         "softmax": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True),
     }
-    if jax.default_backend() == "gpu":
+    if on_gpu():
         paths["softmax_cudnn"] = lambda q, k, v: jax.nn.dot_product_attention(
             q, k, v, is_causal=True, implementation="cudnn")
     if implementation != "xla":
         paths["nala_kernel"] = lambda q, k, v: nala_attention(q, k, v, causal=True, rope=rope,
                                                               implementation=implementation)
     return paths
-
-
-def with_backward(fn):
-    def fwd_bwd(q, k, v, ct):
-        loss = lambda q, k, v: jnp.vdot(fn(q, k, v).astype(jnp.float32), ct.astype(jnp.float32))
-        return jax.grad(loss, argnums=(0, 1, 2))(q, k, v)
-
-    return fwd_bwd
 
 
 def forward_only(fn):
@@ -108,7 +94,8 @@ def bench_seq(key, seq, args):
     q, k, v, ct = make_inputs(key, args.batch, seq, args.heads, args.head_dim, dtype)
     shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (q, k, v, ct)]
     rows = []
-    for what, wrap in (("forward", forward_only), ("fwd+bwd", with_backward)):
+    for what, wrap in (("forward", forward_only),
+                       ("fwd+bwd", lambda fn: with_backward(fn, (0, 1, 2)))):
         fns = {name: wrap(fn) for name, fn in
                attention_paths(seq, args.head_dim, args.implementation).items()}
         memory = {name: largest_intermediate_bytes(fn, *shapes) for name, fn in fns.items()}
@@ -190,25 +177,21 @@ def summarize(rows, seqs):
     return summary
 
 
+@bench("linear_attention", "Causal NaLa attention (linear) vs exact softmax attention: time "
+       "and memory by sequence length; the kernel's FLOP/s and bytes/s on a GPU.")
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__, implementation="xla")
     parser.add_argument("--seq", type=int, nargs="+", default=list(DEFAULT_SEQ))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=1)
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--max-bytes", type=float, default=2.0 * 2**30,
                         help="skip a path whose largest intermediate exceeds this (bytes)")
-    parser.add_argument("--implementation", default="xla",
-                        choices=("xla", "triton", "interpret"),
-                        help="the kernel rows: triton on a GPU (interpret: a slow smoke test)")
-    parser.add_argument("--json", default=None, help="output JSON path")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.implementation == "triton" and not _backend.default_backend_is_cuda():
-        print("--implementation triton needs a CUDA GPU; jax backend is "
-              f"{jax.default_backend()!r}.")
+    args.reps = args.reps or 3
+    if args.implementation == "triton" and not cuda_available():
+        print(f"--implementation triton needs a CUDA GPU; this is {device()}.")
         return 2
 
     rows = []
@@ -245,15 +228,8 @@ def main(argv=None) -> int:
             ratio = summary.get(f"nala_over_softmax_{what}_{seq}")
             if seq >= 4096 and ratio is not None:
                 checks[f"faster_than_softmax_{what}_{seq}"] = ratio < 1.0
-    for name, ok in checks.items():
-        print(f"target {name}: {'met' if ok else 'NOT met'}")
-    path = pathlib.Path(args.json) if args.json else (
-        pathlib.Path("runs") / "bench_linear_attention" / "results.json")
-    write_results(path, {"config": vars(args), "rows": rows, "summary": summary,
-                         "targets": checks, "ceilings": device_ceilings()})
-    print(f"wrote {path}")
+    save_bench(args.out, "bench_linear_attention",
+               {"config": vars(args), "rows": rows, "summary": summary,
+                "ceilings": device_ceilings()}, checks)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

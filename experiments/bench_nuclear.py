@@ -1,6 +1,6 @@
 """Benchmark: Matrix Nuclear-Norm against the SVD-based matrix entropy it replaces.
 
-    python experiments/bench_nuclear.py [--n 2048] [--d 1024 --d 4096] [--reps N] [--out runs]
+    python -m experiments bench nuclear [--n 2048] [--d 1024 --d 4096] [--reps N] [--out runs]
 
 Paths, jitted and timed in one process on the same random float32 hidden states [N, D]
 (repetitions interleaved across paths, median reported):
@@ -22,18 +22,12 @@ matrix entropy for Cerebras-GPT 111M–6.7B on a GPU (torch). Writes
 
 from __future__ import annotations
 
-import argparse
-import pathlib
-import sys
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
 import jax
 import jax.numpy as jnp
 
 from experiments._jaxpr_memory import largest_intermediate_bytes
-from experiments._runner import format_table, time_jitted, write_results
+from experiments._output import format_table, time_jitted
+from experiments._runner import bench, bench_parser, device, on_gpu, positive_int, save_bench
 from jaxbounds.bounds.nuclear import matrix_entropy, matrix_nuclear_norm
 
 DEFAULT_N = 2048
@@ -80,28 +74,17 @@ def bench_shape(key, n: int, d: int, reps: int, dtype=jnp.float32) -> list[dict]
     return results
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
+@bench("nuclear", "Matrix Nuclear-Norm vs the SVD-based matrix entropy it replaces.")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--n", type=positive_int, default=DEFAULT_N,
                         help=f"tokens N (default {DEFAULT_N}; at least 2)")
     parser.add_argument("--d", type=positive_int, action="append", default=None,
                         help="feature dimension D, repeatable (default: 1024 and 4096)")
-    parser.add_argument("--reps", type=positive_int, default=None,
-                        help="timed repetitions (default: 5 on CPU, 20 on GPU)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
     if args.n < 2:
         parser.error(f"--n must be at least 2, got {args.n}")
-    on_gpu = jax.default_backend() == "gpu"
-    reps = args.reps or (20 if on_gpu else 5)
+    reps = args.reps or (20 if on_gpu() else 5)
     ds = args.d or list(DEFAULT_DS)
 
     key = jax.random.PRNGKey(args.seed)
@@ -115,17 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[r["n"], r["d"], r["path"], 1e3 * r["time_mnn_s"], 1e3 * r["time_entropy_s"],
              r["time_ratio_mnn_over_entropy"], r["speedup"], r["largest_intermediate_mnn"],
              r["largest_intermediate_entropy"]] for r in results]
-    device = jax.devices()[0]
-    print(f"\nMatrix Nuclear-Norm vs matrix entropy on {device.device_kind} "
-          f"({jax.default_backend()}, {jax.local_device_count()} device(s)), float32, jitted, "
-          f"median of {reps}; paper: {PAPER_SPEEDUP[0]:g}-{PAPER_SPEEDUP[1]:g}x faster")
+    print(f"\nMatrix Nuclear-Norm vs matrix entropy on {device()}, "
+          f"{jax.local_device_count()} device(s), float32, jitted, median of {reps}; "
+          f"paper: {PAPER_SPEEDUP[0]:g}-{PAPER_SPEEDUP[1]:g}x faster")
     print(format_table(headers, rows))
-    path = write_results(pathlib.Path(args.out) / "bench_nuclear" / "results.json",
-                         {"n": args.n, "d": ds, "dtype": "float32", "reps": reps,
-                          "paper_speedup_range": list(PAPER_SPEEDUP), "results": results})
-    print(f"wrote {path}")
+    save_bench(args.out, "bench_nuclear",
+               {"n": args.n, "d": ds, "dtype": "float32", "reps": reps,
+                "paper_speedup_range": list(PAPER_SPEEDUP), "results": results})
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

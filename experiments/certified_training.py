@@ -42,7 +42,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments import digits
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
+from jaxbounds.verify import local_lipschitz as ll
 from jaxbounds.verify.certified_training import (
     CertifiedSchedule,
     make_certified_loss,
@@ -50,6 +53,7 @@ from jaxbounds.verify.certified_training import (
     verified_accuracy,
 )
 from jaxbounds.verify.crown import crown_bounds
+from jaxbounds.verify.lipsdp import lipsdp_bound
 from jaxbounds.verify.tightness import ibp_tightness, layer_tightness, margin_spec
 
 PAPER = {
@@ -65,7 +69,7 @@ METHODS = ("standard", "ibp", "crown-ibp")
 
 
 @dataclasses.dataclass(frozen=True)
-class CertifiedSettings:
+class CertifiedSettings(Settings):
     """The defaults run in a few minutes on a 2-core CPU."""
 
     eps: float = 0.1
@@ -94,24 +98,6 @@ class CertifiedSettings:
         return cls(steps=4000, warmup_steps=300, ramp_steps=2000, crown_ibp_cnn=True, mlp_width=64,
                    n_crown=540, n_tight=540,
                    widths=(16, 32, 64, 128, 256, 512, 1024), width_steps=2000)
-
-    @classmethod
-    def for_run(cls, config: RunConfig) -> CertifiedSettings:
-        return cls.full() if config.full else cls()
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def load_digits_split(test_fraction: float, seed: int):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)
-    y = digits.target.astype(np.int32)
-    return train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)
-
 
 # ----------------------------------------------------------------------------- models
 
@@ -315,42 +301,28 @@ def lipschitz(model, params, s, x_test, key, is_mlp: bool) -> dict[str, Any]:
     mats = [np.asarray(m, np.float64) for m in model.matrices(params)]
     out["naive_inf"] = float(np.prod([np.abs(m).sum(1).max() for m in mats]))
     out["naive_2"] = float(np.prod([np.linalg.norm(m, 2) for m in mats]))
-    try:
-        from jaxbounds.verify import local_lipschitz as ll
-    except ImportError as err:  # the other helper's module is not there yet
-        out["local_error"] = f"jaxbounds.verify.local_lipschitz unavailable: {err}"
-    else:
-        with jax.enable_x64(True):
-            p64 = _to64(params)
-            n = min(s.n_local, x_test.shape[0])
-            xs = jnp.asarray(x_test[:n], jnp.float64).reshape((-1, *model.input_shape))
-            if is_mlp:
-                fn = ll.ReluMLP(tuple(jnp.asarray(m) for m in mats),
-                                (p64["l1"]["b"], p64["l2"]["b"], p64["head"]["b"]))
-            else:
-                fn = _logits_single(model, p64)
-            eps = s.eps
-            upper = jax.jit(jax.vmap(lambda x0: ll.local_lipschitz_upper(fn, x0, eps)))(xs)
-            keys = jax.random.split(key, n)
-            lower = jax.jit(jax.vmap(lambda x0, k: ll.local_lipschitz_lower(
-                fn, x0, eps, k, num_samples=64, num_starts=4, num_steps=10)))(xs, keys)
-            upper, lower = np.asarray(upper), np.asarray(lower)
-        out["local_inf_upper_mean"] = float(upper.mean())
-        out["local_inf_upper_max"] = float(upper.max())
-        out["local_inf_lower_mean"] = float(lower.mean())
-        out["local_inf_lower_max"] = float(lower.max())
-        out["local_sound_pairs"] = bool(np.all(lower <= upper))
-    if is_mlp:
-        try:
-            from jaxbounds.verify.lipsdp import lipsdp_bound
-        except ImportError as err:
-            out["lipsdp_error"] = f"jaxbounds.verify.lipsdp unavailable: {err}"
+    with jax.enable_x64(True):
+        p64 = _to64(params)
+        n = min(s.n_local, x_test.shape[0])
+        xs = jnp.asarray(x_test[:n], jnp.float64).reshape((-1, *model.input_shape))
+        if is_mlp:  # the matrices are [fan_out, fan_in]: the torch layout
+            fn = ll.ReluMLP(tuple(jnp.asarray(m) for m in mats),
+                            (p64["l1"]["b"], p64["l2"]["b"], p64["head"]["b"]), layout="torch")
         else:
-            start = time.perf_counter()
-            bound, report = lipsdp_bound(mats, activation="relu")
-            out["lipsdp_2"] = float(bound)
-            out["lipsdp_status"] = str(report.solver_status)
-            out["lipsdp_seconds"] = time.perf_counter() - start
+            fn = _logits_single(model, p64)
+        upper = np.asarray(jax.jit(jax.vmap(
+            lambda x0: ll.local_lipschitz_upper(fn, x0, s.eps)))(xs))
+        lower = np.asarray(jax.jit(jax.vmap(lambda x0, k: ll.local_lipschitz_lower(
+            fn, x0, s.eps, key=k, num_samples=64, num_starts=4, num_steps=10)))(
+            xs, jax.random.split(key, n)))
+    out.update(local_inf_upper_mean=float(upper.mean()), local_inf_upper_max=float(upper.max()),
+               local_inf_lower_mean=float(lower.mean()), local_inf_lower_max=float(lower.max()),
+               local_sound_pairs=bool(np.all(lower <= upper)))
+    if is_mlp:
+        start = time.perf_counter()
+        bound, report = lipsdp_bound(mats, activation="relu", layout="torch")
+        out.update(lipsdp_2=float(bound), lipsdp_status=str(report.solver_status),
+                   lipsdp_seconds=time.perf_counter() - start)
     return out
 
 
@@ -358,56 +330,42 @@ def lipschitz(model, params, s, x_test, key, is_mlp: bool) -> dict[str, Any]:
 
 
 def plot(run_dir, width_rows, results):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    widths = [r["width"] for r in width_rows]
-    for key, label in (("init", "initialisation"), ("standard", "standard training"),
-                       ("ibp", "IBP training")):
-        ax.plot(widths, [r[key] for r in width_rows], "o-", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("MLP width")
-    ax.set_ylabel("network tightness τ (mean)")
-    ax.set_title("IBP tightness vs width (digits, ε=0.1)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run_dir / "tightness_vs_width.png", dpi=120)
-    plt.close(fig)
-
+    with figure(run_dir / "tightness_vs_width.png", figsize=(5, 3.6)) as (_, ax):
+        widths = [r["width"] for r in width_rows]
+        for key, label in (("init", "initialisation"), ("standard", "standard training"),
+                           ("ibp", "IBP training")):
+            ax.plot(widths, [r[key] for r in width_rows], "o-", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set(yscale="log", xlabel="MLP width", ylabel="network tightness τ (mean)",
+               title="IBP tightness vs width (digits, ε=0.1)")
+        ax.legend()
     archs = [a for a in ("mlp", "cnn") if a in results]
-    fig, axes = plt.subplots(1, len(archs), figsize=(4.5 * len(archs), 3.4), squeeze=False)
-    for ax, arch in zip(axes[0], archs, strict=True):
-        entries = results[arch]
-        init = entries["init_tightness"]["per_layer"]
-        ax.plot(range(1, len(init) + 1), init, "k--o", label="init")
-        for method, value in entries["trained"].items():
-            layers = value["tightness"]["per_layer"]
-            ax.plot(range(1, len(layers) + 1), layers, "o-", label=method)
-        ax.set_yscale("log")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("mean τ of the layer")
-        ax.set_title(arch.upper())
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(run_dir / "tightness_layers.png", dpi=120)
-    plt.close(fig)
+    with figure(run_dir / "tightness_layers.png", 1, len(archs),
+                figsize=(4.5 * len(archs), 3.4), squeeze=False) as (_, axes):
+        for ax, arch in zip(axes[0], archs, strict=True):
+            init = results[arch]["init_tightness"]["per_layer"]
+            ax.plot(range(1, len(init) + 1), init, "k--o", label="init")
+            for method, value in results[arch]["trained"].items():
+                layers = value["tightness"]["per_layer"]
+                ax.plot(range(1, len(layers) + 1), layers, "o-", label=method)
+            ax.set(yscale="log", xlabel="layer", ylabel="mean τ of the layer",
+                   title=arch.upper())
+            ax.legend(fontsize=8)
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def run(config: RunConfig, *, settings: CertifiedSettings | None = None) -> dict[str, Any]:
-    s = settings or CertifiedSettings.for_run(config)
-    x_train, x_test, y_train, y_test = load_digits_split(s.test_fraction, s.split_seed)
+@experiment("certified_training", "Certified training on digits: standard vs IBP (vs CROWN-IBP); "
+            "verified accuracy, IBP tightness, naive/local/LipSDP Lipschitz bounds.")
+def run(config: RunConfig, settings: CertifiedSettings) -> dict[str, Any]:
+    s = settings
+    d = digits.stratified_split(s.test_fraction, s.split_seed)
+    x_train, x_test, y_train, y_test = d.x_train, d.x_test, d.y_train, d.y_test
     key = jax.random.key(config.seed)
-    results: dict[str, Any] = {"settings": dataclasses.asdict(s), "paper": PAPER}
+    results: dict[str, Any] = {}
     rows = []
     lip_rows = []
-    start = time.perf_counter()
     for arch, model in (("mlp", MLP(s.mlp_width)), ("cnn", CNN(s.cnn_channels, s.cnn_dense))):
         if arch not in s.archs:
             continue
@@ -458,10 +416,7 @@ def run(config: RunConfig, *, settings: CertifiedSettings | None = None) -> dict
                 row["ibp_verified_acc"] = float(verified_accuracy(m, jnp.asarray(y_test)))
         width_rows.append(row)
     results["width_sweep"] = width_rows
-    results["seconds"] = time.perf_counter() - start
-
     plot(config.run_dir, width_rows, results)
-    write_results(config.run_dir / "results.json", results)
     print(format_table(
         ["arch", "training", "clean", "IBP ver.", "CROWN ver.", "IBP ver. (same pts)",
          "τ net", "τ per layer"], rows))
@@ -472,4 +427,7 @@ def run(config: RunConfig, *, settings: CertifiedSettings | None = None) -> dict
     print(format_table(["width", "τ init", "τ standard", "τ IBP", "IBP ver. acc"],
                        [[r["width"], r["init"], r["standard"], r["ibp"],
                          r["ibp_verified_acc"]] for r in width_rows]))
+    results["paper_vs_ours"] = [
+        paper_row(claim, "holds (MNIST / CIFAR-10, CNN3/CNN7)", None) for claim in PAPER["claims"]
+    ] + [paper_row("tightness vs width: init / standard / IBP", None, width_rows)]
     return results

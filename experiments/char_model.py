@@ -7,10 +7,13 @@ opening with a title line and then a line ``by William Shakespeare``. This modul
   ``by William Shakespeare``; a play runs from its title to the next play's title);
 * builds a :class:`CharVocab` and encodes text to int32 token ids;
 * draws random training windows and fixed validation windows;
-* defines :class:`CharTransformer`, a small pre-LayerNorm causal transformer in
-  ``flax.linen`` whose projections are ``nn.Dense`` layers with stable names
+* defines :class:`CharTransformer`, the one char-level LM of the experiments: a small
+  pre-LayerNorm causal transformer in ``flax.linen`` built on the library's
+  ``SelfAttention`` (softmax or HyperAttention, switchable per layer on the same params) or
+  ``NaLaAttention``, whose projections are ``nn.Dense`` layers with stable names
   (``block_{i}/attn/{query,key,value,out}``, ``block_{i}/mlp/{fc_in,fc_out}``, ``lm_head``),
-  so that a regex can choose the layers to adapt.
+  so that a regex can choose the layers to adapt;
+* trains it: :func:`make_optimizer`, :func:`train`, :func:`make_evaluator`.
 """
 
 from __future__ import annotations
@@ -18,12 +21,17 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from experiments._output import progress
+from jaxbounds.attention.modules import NaLaAttention, SelfAttention
 
 CORPUS_PATH = pathlib.Path(__file__).parent / "data" / "shakespeare.txt"
 AUTHOR_LINE = re.compile(r"^\s*by William Shakespeare\s*$", re.MULTILINE)
@@ -154,10 +162,12 @@ def eval_batches(tokens: np.ndarray, batch_size: int, context: int, max_batches:
 
 # --- model --------------------------------------------------------------------------------
 
+ATTENTIONS = ("softmax", "nala", "hyper")
+
 
 @dataclasses.dataclass(frozen=True)
 class CharModelConfig:
-    """Sizes of :class:`CharTransformer`."""
+    """Sizes of :class:`CharTransformer`, its attention and the HyperAttention settings."""
 
     vocab_size: int
     d_model: int = 128
@@ -165,23 +175,13 @@ class CharModelConfig:
     num_heads: int = 4
     context: int = 64
     mlp_ratio: int = 4
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with Dense ``query``/``key``/``value``/``out``."""
-
-    num_heads: int
-
-    @nn.compact
-    def __call__(self, x):
-        batch, seq, d_model = x.shape
-        head_dim = d_model // self.num_heads
-        split = lambda t: t.reshape(batch, seq, self.num_heads, head_dim)
-        q = split(nn.Dense(d_model, name="query")(x))
-        k = split(nn.Dense(d_model, name="key")(x))
-        v = split(nn.Dense(d_model, name="value")(x))
-        y = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        return nn.Dense(d_model, name="out")(y.reshape(batch, seq, d_model))
+    attention: str = "softmax"  # every block's attention, one of ATTENTIONS
+    hyper_layers: int = 0  # the last this many blocks use "hyper" (same params)
+    positions: bool = True  # learned absolute positions ("nala" has RoPE and LePE inside)
+    block_size: int = 256
+    sample_size: int = 256
+    num_projections: int = 7
+    min_seq_len: int = 4096
 
 
 class MLP(nn.Module):
@@ -196,26 +196,39 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm transformer block."""
+    """Pre-LayerNorm block: the library's causal ``SelfAttention`` (Dense ``query``, ``key``,
+    ``value``, ``out``) or, for "nala", the NaLaFormer wrapper ``NaLaAttention``; an MLP."""
 
-    num_heads: int
-    mlp_ratio: int
+    config: CharModelConfig
+    attention: str
 
     @nn.compact
     def __call__(self, x):
-        x = x + CausalSelfAttention(self.num_heads, name="attn")(nn.LayerNorm(name="ln_attn")(x))
-        hidden = self.mlp_ratio * x.shape[-1]
-        return x + MLP(hidden, name="mlp")(nn.LayerNorm(name="ln_mlp")(x))
+        c = self.config
+        if self.attention == "nala":
+            attn = NaLaAttention(c.num_heads, causal=True, name="attn")
+        else:
+            attn = SelfAttention(c.num_heads, c.d_model, attention=self.attention, causal=True,
+                                 block_size=c.block_size, sample_size=c.sample_size,
+                                 num_projections=c.num_projections, min_seq_len=c.min_seq_len,
+                                 name="attn")
+        x = x + attn(nn.LayerNorm(name="ln_attn")(x))
+        return x + MLP(c.mlp_ratio * x.shape[-1], name="mlp")(nn.LayerNorm(name="ln_mlp")(x))
 
 
 class CharTransformer(nn.Module):
-    """Causal char-level transformer LM: ids [batch, seq] -> logits [batch, seq, vocab]."""
+    """Causal char-level transformer LM: ids [batch, seq] -> logits [batch, seq, vocab].
+
+    With ``hyper_layers`` > 0 the last blocks run HyperAttention: apply with
+    ``rngs={"hyper": key}``."""
 
     config: CharModelConfig
 
     @nn.compact
     def __call__(self, ids):
         cfg = self.config
+        if cfg.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {cfg.attention!r}.")
         if cfg.d_model % cfg.num_heads:
             raise ValueError(
                 f"d_model={cfg.d_model} must be divisible by num_heads={cfg.num_heads}."
@@ -224,10 +237,11 @@ class CharTransformer(nn.Module):
             raise ValueError(f"sequence length {ids.shape[-1]} exceeds context={cfg.context}.")
         embed_init = nn.initializers.normal(0.02)
         x = nn.Embed(cfg.vocab_size, cfg.d_model, embedding_init=embed_init, name="embed")(ids)
-        positions = self.param("pos_embed", embed_init, (cfg.context, cfg.d_model))
-        x = x + positions[: ids.shape[-1]]
+        if cfg.positions:
+            x = x + self.param("pos_embed", embed_init, (cfg.context, cfg.d_model))[:ids.shape[-1]]
         for i in range(cfg.num_layers):
-            x = Block(cfg.num_heads, cfg.mlp_ratio, name=f"block_{i}")(x)
+            patched = i >= cfg.num_layers - cfg.hyper_layers
+            x = Block(cfg, "hyper" if patched else cfg.attention, name=f"block_{i}")(x)
         x = nn.LayerNorm(name="ln_final")(x)
         return nn.Dense(cfg.vocab_size, name="lm_head")(x)
 
@@ -244,3 +258,78 @@ def init_params(model: CharTransformer, key):
 def cross_entropy(logits, targets):
     """Mean next-character cross-entropy, in nats."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+
+# --- training -----------------------------------------------------------------------------
+
+
+def corpus_split(val_fraction: float):
+    """(vocab, train tokens, validation tokens) of the whole corpus; the tail is validation."""
+    text = load_corpus()
+    vocab = CharVocab.from_text(text)
+    return (vocab, *split_tokens(vocab.encode(text), val_fraction))
+
+
+def make_optimizer(peak_lr: float, steps: int, *, warmup: int | None = None,
+                   weight_decay: float = 0.01) -> optax.GradientTransformation:
+    """Clip at 1, AdamW; linear warm-up (default 10% of the steps), cosine decay to 10%."""
+    warmup = max(1, steps // 10) if warmup is None else warmup
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup, max(steps, warmup + 1),
+                                                  end_value=0.1 * peak_lr)
+    return optax.chain(optax.clip_by_global_norm(1.0),
+                       optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def lm_loss(model, **apply_kwargs) -> Callable:
+    """loss(params, inputs, targets): the mean cross-entropy of ``model``."""
+    return lambda params, x, y: cross_entropy(model.apply(params, x, **apply_kwargs), y)
+
+
+def make_evaluator(loss_fn: Callable, batches) -> Callable[[Any], Any]:
+    """params -> the mean over the fixed validation ``batches`` of ``loss_fn`` (a float, or
+    a tuple of floats when ``loss_fn`` returns several values)."""
+    batch_loss = jax.jit(loss_fn)
+
+    def evaluate(params):
+        values = np.array([np.atleast_1d(jax.device_get(batch_loss(params, x, y)))
+                           for x, y in batches], np.float64).mean(0)
+        return float(values[0]) if values.size == 1 else tuple(map(float, values))
+
+    return evaluate
+
+
+def train(params, tx, loss_fn, sample, steps: int, *, desc: str, evaluate=None,
+          eval_every: int = 0, eval_at_start: bool = True, post_update=None,
+          show_progress: bool = True):
+    """Run ``steps`` of ``tx`` on batches from ``sample()``; ``post_update(params, step)``
+    (jitted) follows each update.
+
+    Returns (params, per-step training losses, [(step, held-out loss)] when ``evaluate``:
+    every ``eval_every`` steps from step 0 (or from ``eval_every``), and after the last step).
+    """
+
+    @jax.jit
+    def train_step(params, opt_state, step, inputs, targets):
+        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return post_update(params, step) if post_update else params, opt_state, loss
+
+    opt_state = tx.init(params)
+    losses, evals = [], []
+    bar = progress(range(steps), desc=desc, leave=False) if show_progress else range(steps)
+    for step in bar:
+        if evaluate and eval_every and step % eval_every == 0 and (step or eval_at_start):
+            evals.append((step, evaluate(params)))
+        params, opt_state, loss = train_step(params, opt_state, step, *sample())
+        losses.append(loss)
+        if show_progress and (step % 25 == 0 or step == steps - 1):
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+    if evaluate is not None:
+        evals.append((steps, evaluate(params)))
+    return params, [float(v) for v in losses], evals
+
+
+def batch_sampler(rng: np.random.Generator, tokens, batch_size: int, context: int):
+    """() -> a random (inputs, targets) batch of ``tokens``."""
+    return lambda: sample_batch(rng, tokens, batch_size, context)

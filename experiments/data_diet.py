@@ -30,13 +30,14 @@ import dataclasses
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments import digits
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.data.scores import el2n_scores, grand_scores
 
 METHODS = ("el2n", "grand", "random")
@@ -53,7 +54,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class DataDietSettings:
+class DataDietSettings(Settings):
     """Everything the experiment can vary. The defaults run in about a minute on a 2-core CPU."""
 
     hidden: int = 128
@@ -75,69 +76,17 @@ class DataDietSettings:
         return cls(train_steps=3000, score_seeds=10, train_seeds=10,
                    fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
 
-    @classmethod
-    def for_run(cls, config: RunConfig) -> DataDietSettings:
-        return cls.full() if config.full else cls()
-
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or "el2n" not in self.methods:
-            raise ValueError(f"methods must include 'el2n' and be among {METHODS}, got "
-                             f"{self.methods!r}.")
-        bad = [f for f in self.fractions if not 0 < f < 1]
-        if bad or not self.fractions:
-            raise ValueError(f"fractions must be non-empty and in (0, 1), got "
-                             f"{self.fractions!r}.")
-        for name in ("hidden", "batch_size", "train_steps", "score_epochs", "score_seeds",
-                     "train_seeds", "grand_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-
+        if "el2n" not in self.methods:
+            raise ValueError(f"methods must include 'el2n', got {self.methods!r}.")
+        self.check(unit=("fractions",), among={"methods": METHODS},
+                   positive=("hidden", "batch_size", "train_steps", "score_epochs",
+                             "score_seeds", "train_seeds", "grand_batch_size"))
 
 # --- data and model -----------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Digits:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.y_train.max()) + 1
-
-
-def load_digits_split(test_fraction: float, seed: int) -> Digits:
-    """sklearn's bundled digits, pixels scaled to [0, 1], one fixed stratified split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    y = y.astype(np.int32)
-    x_train, x_test, y_train, y_test = train_test_split(
-        x, y, test_size=test_fraction, stratify=y, random_state=seed)
-    return Digits(x_train, y_train, x_test, y_test)
-
-
-class MLP(nn.Module):
-    hidden: int
-    classes: int
-
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(self.hidden)(x))
-        x = nn.relu(nn.Dense(self.hidden)(x))
-        return nn.Dense(self.classes)(x)
-
-
-def cross_entropy(logits, labels):
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-
-
-def make_init(model: nn.Module, num_features: int):
+def make_init(model, num_features: int):
     """A jitted ``keys [S] -> params`` stacked over the S seeds (flax's default init).
 
     Use ``jax.random.key(seed, impl="rbg")`` keys: on CPU, threefry's init compiles about
@@ -147,15 +96,16 @@ def make_init(model: nn.Module, num_features: int):
     return jax.jit(jax.vmap(lambda key: model.init(key, dummy)))
 
 
-def make_trainer(model: nn.Module, tx: optax.GradientTransformation):
+def make_trainer(model, tx: optax.GradientTransformation):
     """A jitted ``(params [S], batch_indices [S, steps, batch], x_train, y_train) -> params``:
     each of the S seeds runs adam from its own init over its own index stream."""
 
     def train_one(params, indices, x_train, y_train):
         def step(carry, batch):
             params, opt_state = carry
-            loss, grads = jax.value_and_grad(
-                lambda p: cross_entropy(model.apply(p, x_train[batch]), y_train[batch]))(params)
+            loss_fn = lambda p: digits.cross_entropy(model.apply(p, x_train[batch]),
+                                                     y_train[batch])
+            loss, grads = jax.value_and_grad(loss_fn)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
@@ -165,33 +115,16 @@ def make_trainer(model: nn.Module, tx: optax.GradientTransformation):
     return jax.jit(jax.vmap(train_one, in_axes=(0, 0, None, None)))
 
 
-def make_accuracy(model: nn.Module):
-    @jax.jit
-    def accuracy(stacked_params, x, y):
-        logits = jax.vmap(model.apply, in_axes=(0, None))(stacked_params, x)
-        return jnp.mean(jnp.argmax(logits, -1) == y, axis=-1)
-
-    return accuracy
-
-
-def make_fit_accuracy(model: nn.Module):
-    """Accuracy of each seed's params on its own examples (x [S, k, ...], y [S, k])."""
+def make_accuracy(model, in_axes=(0, None)):
+    """Jitted accuracy of each seed's params (stacked), on shared x, y (the default) or, with
+    ``in_axes=0``, on each seed's own examples (x [S, k, ...], y [S, k])."""
 
     @jax.jit
     def accuracy(stacked_params, x, y):
-        logits = jax.vmap(model.apply)(stacked_params, x)
+        logits = jax.vmap(model.apply, in_axes=in_axes)(stacked_params, x)
         return jnp.mean(jnp.argmax(logits, -1) == y, axis=-1)
 
     return accuracy
-
-
-def index_stream(rng: np.random.Generator, subset: np.ndarray, steps: int,
-                 batch_size: int) -> np.ndarray:
-    """``[steps, batch_size]`` indices: epochs over ``subset``, each in a fresh random order."""
-    need = steps * batch_size
-    epochs = -(-need // len(subset))
-    stream = np.concatenate([rng.permutation(subset) for _ in range(epochs)])
-    return stream[:need].reshape(steps, batch_size).astype(np.int32)
 
 
 # --- scores and the verdict ---------------------------------------------------------------
@@ -277,55 +210,40 @@ def make_verdict(table: list[dict[str, Any]], full_data: dict[str, Any], fractio
 
 
 def plot_accuracy(path, table, full_data, settings: DataDietSettings) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
     labels = {"el2n": f"EL2N (epoch {settings.score_epochs}, {settings.score_seeds} runs)",
               "grand": f"GraNd (init, {settings.score_seeds} runs)",
               "random": "random subset"}
-    for offset, method in zip((-0.004, 0.0, 0.004), settings.methods):
-        rows = [r for r in table if r["method"] == method]
-        ax.errorbar([r["fraction"] + offset for r in rows], [r["mean"] for r in rows],
-                    yerr=[r["std"] for r in rows], marker="o", capsize=3, label=labels[method])
-    mean, std = full_data["mean"], full_data["std"]
-    ax.axhline(mean, color="k", lw=1, ls="--", label="full training set")
-    ax.axhspan(mean - std, mean + std, color="k", alpha=0.1)
-    ax.set(xlabel="fraction of the training set kept", ylabel="test accuracy",
-           title=f"Data Diet on digits (mean ± std over {settings.train_seeds} seeds)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        for offset, method in zip((-0.004, 0.0, 0.004), settings.methods):
+            rows = [r for r in table if r["method"] == method]
+            ax.errorbar([r["fraction"] + offset for r in rows], [r["mean"] for r in rows],
+                        yerr=[r["std"] for r in rows], marker="o", capsize=3,
+                        label=labels[method])
+        mean, std = full_data["mean"], full_data["std"]
+        ax.axhline(mean, color="k", lw=1, ls="--", label="full training set")
+        ax.axhspan(mean - std, mean + std, color="k", alpha=0.1)
+        ax.set(xlabel="fraction of the training set kept", ylabel="test accuracy",
+               title=f"Data Diet on digits (mean ± std over {settings.train_seeds} seeds)")
+        ax.legend(loc="lower right")
 
 
 def plot_scores(path, scores: dict[str, np.ndarray]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False)
-    for ax, (name, values) in zip(axes[0], scores.items()):
-        ax.hist(values, bins=50)
-        ax.set(title=f"{name} scores (training set)", xlabel=name, ylabel="examples")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, len(scores), figsize=(5 * len(scores), 3.5), squeeze=False) as (_, axes):
+        for ax, (name, values) in zip(axes[0], scores.items()):
+            ax.hist(values, bins=50)
+            ax.set(title=f"{name} scores (training set)", xlabel=name, ylabel="examples")
 
 
 # --- the experiment -----------------------------------------------------------------------
 
 
-def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or DataDietSettings.for_run(config)
-    started = time.perf_counter()
-    data = load_digits_split(settings.test_fraction, settings.split_seed)
+@experiment("data_diet", "Data Diet: EL2N-pruned vs random subsets of digits, accuracy vs "
+            "fraction kept.")
+def run(config: RunConfig, settings: DataDietSettings) -> dict[str, Any]:
+    """Scores, the training runs per (method, fraction) and the verdict; the metrics."""
+    data = digits.stratified_split(settings.test_fraction, settings.split_seed)
     n_train = len(data.y_train)
-    model = MLP(settings.hidden, data.num_classes)
+    model = digits.MLP(settings.hidden, 2, data.num_classes)
     tx = optax.adam(settings.learning_rate)
     everything = np.arange(n_train)
     root = jax.random.key(config.seed, impl="rbg")
@@ -346,7 +264,7 @@ def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[
     # 1. Scores: EL2N after a few epochs, GraNd at initialisation, averaged over the runs.
     steps_per_epoch = -(-n_train // settings.batch_size)
     score_steps = settings.score_epochs * steps_per_epoch
-    score_streams = np.stack([index_stream(rng(0, s), everything, score_steps,
+    score_streams = np.stack([digits.index_stream(rng(0, s), everything, score_steps,
                                            settings.batch_size)
                               for s in range(settings.score_seeds)])
     score_started = time.perf_counter()
@@ -359,7 +277,7 @@ def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[
         scores["grand"] = np.asarray(grand_scores(model.apply, initial, data.x_train,
                                                   data.y_train,
                                                   batch_size=settings.grand_batch_size))
-    accuracy, fit_accuracy = make_accuracy(model), make_fit_accuracy(model)
+    accuracy, fit_accuracy = make_accuracy(model), make_accuracy(model, 0)
     early_train_acc = np.asarray(accuracy(early, data.x_train, data.y_train))
     score_seconds = time.perf_counter() - score_started
     print(f"scores: {settings.score_seeds} runs, EL2N after {settings.score_epochs} epochs "
@@ -370,8 +288,9 @@ def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[
     train_init = init(keys(train_root, 0, seeds))
 
     def train_and_test(subsets: list[np.ndarray], tag: int) -> tuple[list[float], float]:
-        streams = np.stack([index_stream(rng(1, tag, s), subsets[s], settings.train_steps,
-                                         settings.batch_size) for s in range(seeds)])
+        streams = np.stack([digits.index_stream(rng(1, tag, s), subsets[s],
+                                                settings.train_steps, settings.batch_size)
+                            for s in range(seeds)])
         # The same S initialisations for every job (common random numbers).
         params = train(train_init, jnp.asarray(streams), x_train, y_train)
         test_acc = np.asarray(accuracy(params, data.x_test, data.y_test))
@@ -404,7 +323,6 @@ def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[
     train_seconds = time.perf_counter() - train_started
 
     verdict = make_verdict(table, full_data, settings.fractions, len(data.y_test))
-    total_seconds = time.perf_counter() - started
 
     headers = ["fraction kept", "examples",
                *[f"{NAMES[m]} acc (mean ± std)" for m in settings.methods]]
@@ -427,11 +345,11 @@ def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[
     print("verdict:")
     for line in verdict["text"]:
         print(f"  {line}")
-    print(f"\ntime: scores {score_seconds:.1f} s, training {train_seconds:.1f} s, "
-          f"total {total_seconds:.1f} s")
-
-    results = {
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
+    print(f"\ntime: scores {score_seconds:.1f} s, training {train_seconds:.1f} s")
+    plot_accuracy(config.run_dir / "accuracy_vs_fraction.png", table, full_data, settings)
+    plot_scores(config.run_dir / "scores.png", scores)
+    half = next((r for r in table if r["method"] == "el2n" and r["fraction"] == 0.5), None)
+    return {
         "data": {"dataset": "sklearn digits", "train_examples": n_train,
                  "test_examples": len(data.y_test), "features": data.x_train.shape[1],
                  "classes": data.num_classes},
@@ -447,13 +365,14 @@ def run(config: RunConfig, *, settings: DataDietSettings | None = None) -> dict[
         "full_data": full_data,
         "table": table,
         "verdict": verdict,
-        "paper": PAPER,
-        "seconds": {"scores": score_seconds, "training": train_seconds,
-                    "total": total_seconds},
+        "seconds": {"scores": score_seconds, "training": train_seconds},
+        "paper_vs_ours": [
+            paper_row("fraction kept by EL2N without accuracy loss",
+                      PAPER["fraction_kept_without_loss"],
+                      verdict["smallest_fraction_without_loss"]),
+            paper_row("test accuracy at 50% kept by EL2N vs full data",
+                      "no loss (CIFAR-10, ResNet-18)",
+                      None if half is None else {"el2n_half": half["mean"],
+                                                 "full": full_data["mean"]}),
+            paper_row("claim", PAPER["claim"], verdict["text"])],
     }
-    run_dir = config.run_dir
-    plot_accuracy(run_dir / "accuracy_vs_fraction.png", table, full_data, settings)
-    plot_scores(run_dir / "scores.png", scores)
-    path = write_results(run_dir / "results.json", results)
-    print(f"wrote {path}, {run_dir / 'accuracy_vs_fraction.png'} and {run_dir / 'scores.png'}")
-    return results

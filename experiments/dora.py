@@ -22,17 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from experiments import char_model
 from experiments._jaxpr_memory import largest_intermediate_bytes
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments._output import figure, format_table
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.adapters.dora import (
     adapter_labels,
     dora_column_norm,
@@ -46,11 +46,10 @@ from jaxbounds.adapters.dora.optim import ADAPTER
 
 # "Scaling DoRA" (arXiv 2603.22276) benchmark shapes: (d_in, d_out, r).
 BENCHMARK_SHAPES = ((4096, 4096, 64), (8192, 8192, 384))
-MIN_DENSE_TO_FACTORED_RATIO = 16.0  # what the issue asks for at (8192, 8192, 384)
 
 
 @dataclasses.dataclass(frozen=True)
-class DoRASettings:
+class DoRASettings(Settings):
     """Everything the DoRA experiment can vary. The defaults run in minutes on a laptop CPU."""
 
     d_model: int = 128
@@ -76,10 +75,6 @@ class DoRASettings:
         return cls(d_model=256, num_layers=4, num_heads=8, context=128, batch_size=64,
                    pretrain_steps=5000, pretrain_lr=1e-3, adapt_steps=1000, adapt_lr=2e-3,
                    eval_batches=32, eval_every=100)
-
-    @classmethod
-    def for_run(cls, config: RunConfig) -> DoRASettings:
-        return cls.full() if config.full else cls()
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -122,72 +117,14 @@ def prepare_data(settings: DoRASettings) -> DoRAData:
 def make_loss_fn(model: char_model.CharTransformer, dora_alpha: float | None = None):
     """loss(params, inputs, targets); with ``dora_alpha`` the model runs under
     :func:`dora_interceptor` (its Dense layers that hold ``lora_a`` become DoRA layers)."""
+    if dora_alpha is None:
+        return char_model.lm_loss(model)
 
     def loss_fn(params, inputs, targets):
-        if dora_alpha is None:
-            logits = model.apply(params, inputs)
-        else:
-            with dora_interceptor(alpha=dora_alpha):
-                logits = model.apply(params, inputs)
-        return char_model.cross_entropy(logits, targets)
+        with dora_interceptor(alpha=dora_alpha):
+            return char_model.cross_entropy(model.apply(params, inputs), targets)
 
     return loss_fn
-
-
-def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation):
-    """A jitted (params, opt_state, inputs, targets) -> (params, opt_state, loss)."""
-
-    @jax.jit
-    def train_step(params, opt_state, inputs, targets):
-        loss, grads = jax.value_and_grad(loss_fn)(params, inputs, targets)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    return train_step
-
-
-def make_evaluator(loss_fn: Callable, batches) -> Callable[[Any], float]:
-    """params -> mean loss over the fixed validation ``batches``."""
-    batch_loss = jax.jit(loss_fn)
-
-    def evaluate(params) -> float:
-        return float(np.mean([float(batch_loss(params, x, y)) for x, y in batches]))
-
-    return evaluate
-
-
-def adamw_schedule(peak_lr: float, steps: int) -> optax.Schedule:
-    """Linear warm-up over 10% of the steps, then cosine decay to 10% of the peak."""
-    warmup = max(1, steps // 10)
-    return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup, max(steps, warmup + 1),
-                                              end_value=0.1 * peak_lr)
-
-
-def make_optimizer(peak_lr: float, steps: int) -> optax.GradientTransformation:
-    return optax.chain(optax.clip_by_global_norm(1.0),
-                       optax.adamw(adamw_schedule(peak_lr, steps), weight_decay=0.01))
-
-
-def train(params, tx, loss_fn, sample, steps: int, *, desc: str, evaluate=None,
-          eval_every: int = 0):
-    """Run ``steps`` of ``tx`` on batches from ``sample()``.
-
-    Returns (params, per-step training losses, [(step, held-out loss)] when ``evaluate``).
-    """
-    train_step = make_train_step(loss_fn, tx)
-    opt_state = tx.init(params)
-    losses, evals = [], []
-    bar = progress(range(steps), desc=desc)
-    for step in bar:
-        if evaluate is not None and eval_every and step % eval_every == 0:
-            evals.append((step, evaluate(params)))
-        params, opt_state, loss = train_step(params, opt_state, *sample())
-        losses.append(loss)
-        if step % 25 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-    if evaluate is not None:
-        evals.append((steps, evaluate(params)))
-    return params, [float(v) for v in losses], evals
 
 
 # --- the frozen-base and adapter checks ---------------------------------------------------
@@ -298,69 +235,58 @@ def format_memory_table(rows: list[dict[str, Any]]) -> str:
 
 def plot_losses(path, pretrain: list[float], adapt: list[float], adapt_val, title: str):
     """Two panels: the pretraining loss, and the adaptation loss with the held-out loss."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(pretrain, lw=0.8)
-    left.set(title="pretraining (all plays but one)", xlabel="step", ylabel="loss (nats/char)")
-    right.plot(adapt, lw=0.8, label="adapter training loss")
-    steps, values = zip(*adapt_val)
-    right.plot(steps, values, "o-", label="held-out validation loss")
-    right.set(title=f"DoRA adaptation to {title}", xlabel="step")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4)) as (_, (left, right)):
+        left.plot(pretrain, lw=0.8)
+        left.set(title="pretraining (all plays but one)", xlabel="step",
+                 ylabel="loss (nats/char)")
+        right.plot(adapt, lw=0.8, label="adapter training loss")
+        right.plot(*zip(*adapt_val), "o-", label="held-out validation loss")
+        right.set(title=f"DoRA adaptation to {title}", xlabel="step")
+        right.legend()
 
 
 # --- the experiment -----------------------------------------------------------------------
 
 
-def _batch_sampler(rng: np.random.Generator, tokens, settings: DoRASettings):
-    return lambda: char_model.sample_batch(rng, tokens, settings.batch_size, settings.context)
-
-
-def run(config: RunConfig, *, settings: DoRASettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or DoRASettings.for_run(config)
+@experiment("dora", "DoRA: pretrain a char-level model on Shakespeare, adapt it to a "
+            "held-out play; the frozen base stays bit-identical; factored-norm memory table.")
+def run(config: RunConfig, settings: DoRASettings) -> dict[str, Any]:
+    """Pretrain, adapt, check the frozen leaves, tabulate the norm memory; the metrics."""
+    s = settings
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
     init_key, lora_key = jax.random.split(jax.random.PRNGKey(config.seed))
+    sampler = lambda tokens: char_model.batch_sampler(rng, tokens, s.batch_size, s.context)
 
-    data = prepare_data(settings)
+    data = prepare_data(s)
     print(f"DoRA: pretraining on {len(data.pretrain_titles)} plays "
           f"({len(data.pretrain_tokens):,} chars); held out: {data.held_out_title} "
           f"({len(data.held_out_train):,} train / {len(data.held_out_val):,} val chars).")
     model = char_model.CharTransformer(char_model.CharModelConfig(
-        vocab_size=data.vocab.size, d_model=settings.d_model, num_layers=settings.num_layers,
-        num_heads=settings.num_heads, context=settings.context))
-    val_batches = char_model.eval_batches(data.held_out_val, settings.batch_size,
-                                          settings.context, settings.eval_batches)
+        vocab_size=data.vocab.size, d_model=s.d_model, num_layers=s.num_layers,
+        num_heads=s.num_heads, context=s.context))
+    val_batches = char_model.eval_batches(data.held_out_val, s.batch_size, s.context,
+                                          s.eval_batches)
 
     # 1. Pretraining.
     base_loss = make_loss_fn(model)
-    params, pretrain_losses, _ = train(
+    params, pretrain_losses, _ = char_model.train(
         char_model.init_params(model, init_key),
-        make_optimizer(settings.pretrain_lr, settings.pretrain_steps), base_loss,
-        _batch_sampler(rng, data.pretrain_tokens, settings), settings.pretrain_steps,
-        desc="pretrain")
+        char_model.make_optimizer(s.pretrain_lr, s.pretrain_steps), base_loss,
+        sampler(data.pretrain_tokens), s.pretrain_steps, desc="pretrain")
     pretrain_seconds = time.perf_counter() - started
-    held_out_base = make_evaluator(base_loss, val_batches)(params)
+    held_out_base = char_model.make_evaluator(base_loss, val_batches)(params)
 
     # 2. DoRA adaptation on the held-out play.
-    dora_params = to_dora_params(params, rank=settings.rank, alpha=settings.alpha,
-                                 key=lora_key, include=settings.include)
-    dora_loss = make_loss_fn(model, dora_alpha=settings.alpha)
-    evaluate_dora = make_evaluator(dora_loss, val_batches)
+    dora_params = to_dora_params(params, rank=s.rank, alpha=s.alpha, key=lora_key,
+                                 include=s.include)
+    dora_loss = make_loss_fn(model, dora_alpha=s.alpha)
     adapt_started = time.perf_counter()
-    adapted, adapt_losses, adapt_val = train(
-        dora_params,
-        freeze_base(make_optimizer(settings.adapt_lr, settings.adapt_steps), dora_params),
-        dora_loss, _batch_sampler(rng, data.held_out_train, settings), settings.adapt_steps,
-        desc="DoRA adapt", evaluate=evaluate_dora, eval_every=settings.eval_every)
+    adapted, adapt_losses, adapt_val = char_model.train(
+        dora_params, freeze_base(char_model.make_optimizer(s.adapt_lr, s.adapt_steps),
+                                 dora_params),
+        dora_loss, sampler(data.held_out_train), s.adapt_steps, desc="DoRA adapt",
+        evaluate=char_model.make_evaluator(dora_loss, val_batches), eval_every=s.eval_every)
     adapt_seconds = time.perf_counter() - adapt_started
     held_out_before, held_out_after = adapt_val[0][1], adapt_val[-1][1]
 
@@ -371,16 +297,14 @@ def run(config: RunConfig, *, settings: DoRASettings | None = None) -> dict[str,
 
     # 4. Norm-memory table.
     memory_rows = [{"source": "model", **row} for row in
-                   norm_memory_table(adapted_layer_shapes(dora_params), settings.alpha)]
+                   norm_memory_table(adapted_layer_shapes(dora_params), s.alpha)]
     memory_rows += [{"source": "benchmark", **row}
-                    for row in norm_memory_table(BENCHMARK_SHAPES, settings.alpha)]
-    total_seconds = time.perf_counter() - started
+                    for row in norm_memory_table(BENCHMARK_SHAPES, s.alpha)]
 
-    print()
-    print(f"held-out ({data.held_out_title}) validation loss, nats/char:")
+    print(f"\nheld-out ({data.held_out_title}) validation loss, nats/char:")
     print(f"  pretrained base          {held_out_base:.4f}")
     print(f"  DoRA at init (= base)    {held_out_before:.4f}")
-    print(f"  after {settings.adapt_steps} DoRA steps     {held_out_after:.4f}"
+    print(f"  after {s.adapt_steps} DoRA steps     {held_out_after:.4f}"
           f"  ({held_out_after - held_out_before:+.4f})")
     counts = count_leaves(dora_params)
     print(f"frozen leaves bit-identical: {frozen_bit_identical} "
@@ -390,14 +314,13 @@ def run(config: RunConfig, *, settings: DoRASettings | None = None) -> dict[str,
     for kind, paths in changes.items():
         if paths:
             print(f"  {kind}: {', '.join(paths)}")
-    print()
-    print("column-norm memory: largest jaxpr intermediate, bytes (float32)")
+    print("\ncolumn-norm memory: largest jaxpr intermediate, bytes (float32)")
     print(format_memory_table(memory_rows))
-    print(f"\ntime: pretrain {pretrain_seconds:.1f} s, adapt {adapt_seconds:.1f} s, "
-          f"total {total_seconds:.1f} s")
-
-    results = {
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
+    print(f"\ntime: pretrain {pretrain_seconds:.1f} s, adapt {adapt_seconds:.1f} s")
+    plot_losses(config.run_dir / "losses.png", pretrain_losses, adapt_losses, adapt_val,
+                data.held_out_title)
+    big = next(r for r in memory_rows if (r["d_in"], r["d_out"], r["rank"]) == (8192, 8192, 384))
+    return {
         "data": {"held_out_play": data.held_out_title,
                  "pretrain_plays": list(data.pretrain_titles),
                  "pretrain_chars": len(data.pretrain_tokens),
@@ -414,12 +337,8 @@ def run(config: RunConfig, *, settings: DoRASettings | None = None) -> dict[str,
         "leaf_changes": changes,
         "parameter_counts": counts,
         "norm_memory": memory_rows,
-        "seconds": {"pretrain": pretrain_seconds, "adapt": adapt_seconds,
-                    "total": total_seconds},
+        "seconds": {"pretrain": pretrain_seconds, "adapt": adapt_seconds},
+        "paper_vs_ours": [paper_row("norm memory dense/factored at (8192, 8192, 384)",
+                                    ">= 16 (factored norm, Scaling DoRA)",
+                                    big["dense_over_factored"])],
     }
-    run_dir = config.run_dir
-    plot_losses(run_dir / "losses.png", pretrain_losses, adapt_losses, adapt_val,
-                data.held_out_title)
-    path = write_results(run_dir / "results.json", results)
-    print(f"wrote {path} and {run_dir / 'losses.png'}")
-    return results

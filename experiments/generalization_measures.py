@@ -35,12 +35,13 @@ import math
 import time
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments import digits
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.bounds import measures as M
 from jaxbounds.bounds.pac_bayes import kl_inverse_upper
 
@@ -63,7 +64,7 @@ JIANG_REPORTED = {
 
 
 @dataclasses.dataclass(frozen=True)
-class GeneralizationSettings:
+class GeneralizationSettings(Settings):
     """The grid and the measurement settings. Defaults run in a few minutes on a 2-core CPU."""
 
     widths: tuple[int, ...] = (32, 128)
@@ -90,10 +91,6 @@ class GeneralizationSettings:
     def full(cls) -> GeneralizationSettings:
         """``--full``: train 4× longer, with more Monte-Carlo draws for the Gibbs test error."""
         return cls(steps=6000, gibbs_test_samples=50)
-
-    @classmethod
-    def for_run(cls, config: RunConfig) -> GeneralizationSettings:
-        return cls.full() if config.full else cls()
 
     def grid(self) -> list[dict[str, Any]]:
         values = (self.widths, self.depths, self.learning_rates, self.weight_decays,
@@ -125,11 +122,7 @@ def corrupt_labels(rng: np.random.Generator, labels: np.ndarray, fraction: float
 
 
 def load_data(settings: GeneralizationSettings, seed: int) -> DigitsData:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    x = (x / 16.0).astype(np.float32)
-    y = y.astype(np.int32)
+    x, y = digits.load_digits()
     order = np.random.default_rng(seed).permutation(len(y))
     train, test = order[:settings.train_size], order[settings.train_size:]
     num_classes = int(y.max()) + 1
@@ -144,29 +137,13 @@ def load_data(settings: GeneralizationSettings, seed: int) -> DigitsData:
 # --- models and training --------------------------------------------------------------------
 
 
-class MLP(nn.Module):
-    width: int
-    depth: int
-    classes: int = 10
-
-    @nn.compact
-    def __call__(self, x):
-        for _ in range(self.depth):
-            x = nn.relu(nn.Dense(self.width)(x))
-        return nn.Dense(self.classes)(x)
-
-
-def cross_entropy(logits, labels):
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1))
-
-
-def make_trainer(model: nn.Module, momentum: float):
+def make_trainer(model, momentum: float):
     """Jitted ``(params [G], lr [G], wd [G], y_train [G, n], x_train, indices) -> params [G]``:
     G models of one shape, each its own SGD-with-momentum run over the shared index stream."""
 
     def train_one(params, lr, wd, y_train, x_train, indices):
         def loss(p, batch):
-            return cross_entropy(model.apply(p, x_train[batch]), y_train[batch])
+            return digits.cross_entropy(model.apply(p, x_train[batch]), y_train[batch])
 
         def step(carry, batch):
             p, v = carry
@@ -182,12 +159,6 @@ def make_trainer(model: nn.Module, momentum: float):
     return jax.jit(jax.vmap(train_one, in_axes=(0, 0, 0, 0, None, None)))
 
 
-def index_stream(rng: np.random.Generator, n: int, steps: int, batch_size: int) -> np.ndarray:
-    need = steps * batch_size
-    stream = np.concatenate([rng.permutation(n) for _ in range(-(-need // n))])
-    return stream[:need].reshape(steps, batch_size).astype(np.int32)
-
-
 def _unstack(tree, index):
     return jax.tree_util.tree_map(lambda a: a[index], tree)
 
@@ -197,7 +168,7 @@ def train_grid(settings: GeneralizationSettings, data: DigitsData, seed: int):
     rows = [dict(h) for h in settings.grid()]
     for index, row in enumerate(rows):
         row["index"] = index
-    models = {(w, d): MLP(w, d, data.num_classes)
+    models = {(w, d): digits.MLP(w, d, data.num_classes)
               for w in settings.widths for d in settings.depths}
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -217,7 +188,7 @@ def train_grid(settings: GeneralizationSettings, data: DigitsData, seed: int):
         lrs = jnp.asarray([r["learning_rate"] for r in members], jnp.float32)
         wds = jnp.asarray([r["weight_decay"] for r in members], jnp.float32)
         ys = jnp.asarray(np.stack([data.noisy[r["label_noise"]][0] for r in members]))
-        indices = jnp.asarray(index_stream(np.random.default_rng([seed, batch_size]),
+        indices = jnp.asarray(digits.index_stream(np.random.default_rng([seed, batch_size]),
                                            len(data.y_train_clean), settings.steps,
                                            batch_size))
         trained = trainers[(width, depth)](inits, lrs, wds, ys, x_train, indices)
@@ -225,10 +196,6 @@ def train_grid(settings: GeneralizationSettings, data: DigitsData, seed: int):
             row["params"] = _unstack(trained, position)
             row["init"] = _unstack(inits, position)
     return models, rows
-
-
-def accuracy(model, params, x, y) -> float:
-    return float(jnp.mean(jnp.argmax(model.apply(params, x), -1) == y))
 
 
 # --- the risk bounds ----------------------------------------------------------------------
@@ -308,58 +275,38 @@ def granulated_kendall(rows: list[dict], measure: str, gap: str = "gap") -> dict
 
 
 def plot_kendall(path, table: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = [r["measure"] for r in table]
-    tau = [r["tau"] for r in table]
-    psi = [np.nan if r["Psi"] is None else r["Psi"] for r in table]
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 0.32 * len(names) + 1.5))
-    ax.barh(y - 0.2, tau, height=0.4, label="Kendall τ (all models)")
-    ax.barh(y + 0.2, psi, height=0.4, label="granulated Kendall Ψ")
-    ax.set_yticks(y, names, fontsize=8)
-    ax.invert_yaxis()
-    ax.axvline(0, color="k", lw=0.8)
-    ax.set_xlabel("correlation with the generalization gap (train acc − test acc)")
-    ax.set_title("Jiang et al. measures on the digits MLP grid")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(8, 0.32 * len(names) + 1.5)) as (_, ax):
+        ax.barh(y - 0.2, [r["tau"] for r in table], height=0.4, label="Kendall τ (all models)")
+        ax.barh(y + 0.2, [np.nan if r["Psi"] is None else r["Psi"] for r in table], height=0.4,
+                label="granulated Kendall Ψ")
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set(xlabel="correlation with the generalization gap (train acc − test acc)",
+               title="Jiang et al. measures on the digits MLP grid")
+        ax.legend(loc="lower right", fontsize=8)
 
 
 def plot_tightness(path, rows: list[dict]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
     names = list(RISK_BOUNDS)
-    for i, name in enumerate(names):
-        test = [r["test_error"] for r in rows]
-        bound = [r["risk_bounds"][name]["bound"] for r in rows]
-        left.scatter(test, bound, s=12, label=name)
-        gaps = np.asarray([r["risk_bounds"][name]["tightness_gap"] for r in rows])
-        jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(gaps))
-        right.scatter(np.full(len(gaps), i) + jitter, gaps, s=10)
-        right.plot([i - 0.3, i + 0.3], [np.median(gaps)] * 2, color="k", lw=1.5)
-    left.plot([0, 1], [0, 1], "k--", lw=0.8, label="bound = test error")
-    left.axhline(0.9, color="grey", lw=0.8, ls=":", label="random guessing (0.9)")
-    left.set_xlabel("test error (noisy labels)")
-    left.set_ylabel("PAC-Bayes risk bound")
-    left.set_xlim(0, 1)
-    left.set_ylim(0, 1.02)
-    left.legend(fontsize=7)
-    right.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-    right.set_ylabel("tightness gap = bound − test error")
-    right.set_title("non-uniform tightness across the 2⁶ grid")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4.5)) as (_, (left, right)):
+        for i, name in enumerate(names):
+            left.scatter([r["test_error"] for r in rows],
+                         [r["risk_bounds"][name]["bound"] for r in rows], s=12, label=name)
+            gaps = np.asarray([r["risk_bounds"][name]["tightness_gap"] for r in rows])
+            jitter = np.random.default_rng(i).uniform(-0.15, 0.15, len(gaps))
+            right.scatter(np.full(len(gaps), i) + jitter, gaps, s=10)
+            right.plot([i - 0.3, i + 0.3], [np.median(gaps)] * 2, color="k", lw=1.5)
+        left.plot([0, 1], [0, 1], "k--", lw=0.8, label="bound = test error")
+        left.axhline(0.9, color="grey", lw=0.8, ls=":", label="random guessing (0.9)")
+        left.set(xlabel="test error (noisy labels)", ylabel="PAC-Bayes risk bound",
+                 xlim=(0, 1), ylim=(0, 1.02))
+        left.legend(fontsize=7)
+        right.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        right.set(ylabel="tightness gap = bound − test error",
+                  title="non-uniform tightness across the 2⁶ grid")
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -371,9 +318,10 @@ def _summary(values) -> dict[str, float]:
             "max": float(np.max(values)), "spread": float(np.max(values) - np.min(values))}
 
 
-def run(config: RunConfig, *, settings: GeneralizationSettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or GeneralizationSettings.for_run(config)
+@experiment("generalization_measures", "Jiang et al. measures on a 2^6 grid of digits MLPs: "
+            "Kendall tau, granulated Psi, PAC-Bayes tightness gaps.")
+def run(config: RunConfig, settings: GeneralizationSettings) -> dict[str, Any]:
+    """Train the grid, measure, bound and correlate; the metrics."""
     started = time.perf_counter()
     data = load_data(settings, config.seed)
     m = len(data.y_train_clean)
@@ -404,8 +352,8 @@ def run(config: RunConfig, *, settings: GeneralizationSettings | None = None) ->
         row["diagnostics"] = {k: np.asarray(v).tolist() for k, v in
                               result["diagnostics"].items()}
         row["train_accuracy"] = float(result["diagnostics"]["train_accuracy"])
-        row["test_accuracy"] = accuracy(model, row["params"], x_test, y_test)
-        row["clean_test_accuracy"] = accuracy(model, row["params"], x_test,
+        row["test_accuracy"] = digits.accuracy(model, row["params"], x_test, y_test)
+        row["clean_test_accuracy"] = digits.accuracy(model, row["params"], x_test,
                                               jnp.asarray(data.y_test_clean))
         row["gap"] = row["train_accuracy"] - row["test_accuracy"]
         row["train_error"] = 1 - row["train_accuracy"]
@@ -413,10 +361,11 @@ def run(config: RunConfig, *, settings: GeneralizationSettings | None = None) ->
         arch = (row["width"], row["depth"])
         if arch not in gibbs:
             gibbs[arch] = jax.jit(lambda p, yy, k, s, s_mag, model=model: jnp.stack([
-                M.perturbed_accuracy(p, model.apply, x_test, yy, k, s,
+                M.perturbed_accuracy(p, model.apply, x_test, yy, s, key=k,
                                      num_samples=settings.gibbs_test_samples),
-                M.perturbed_accuracy(p, model.apply, x_test, yy, jax.random.fold_in(k, 1),
-                                     s_mag, num_samples=settings.gibbs_test_samples,
+                M.perturbed_accuracy(p, model.apply, x_test, yy, s_mag,
+                                     key=jax.random.fold_in(k, 1),
+                                     num_samples=settings.gibbs_test_samples,
                                      magnitude_eps=settings.magnitude_eps)]))
         diag = result["diagnostics"]
         gibbs_acc = gibbs[arch](row["params"], y_test, jax.random.fold_in(key, 1),
@@ -482,8 +431,6 @@ def run(config: RunConfig, *, settings: GeneralizationSettings | None = None) ->
     run_dir = config.run_dir
     plot_kendall(run_dir / "kendall.png", table)
     plot_tightness(run_dir / "tightness.png", rows)
-    total_seconds = time.perf_counter() - started
-
     headers = ["measure", "eq", "tau", *[f"psi_{h}" for h in HPARAMS], "Psi"]
     print()
     print(format_table(headers, [
@@ -500,20 +447,16 @@ def run(config: RunConfig, *, settings: GeneralizationSettings | None = None) ->
     print(f"\ntrain accuracy {_summary([r['train_accuracy'] for r in rows])}")
     print(f"test accuracy  {_summary([r['test_accuracy'] for r in rows])}")
     print(f"gap            {_summary(gaps)}")
-    print(f"time: {total_seconds:.1f} s (training {train_seconds:.1f} s, measures "
-          f"{measure_seconds:.1f} s)")
+    print(f"time: training {train_seconds:.1f} s, measures {measure_seconds:.1f} s")
 
     model_rows = [{k: v for k, v in r.items() if k not in ("params", "init")} for r in rows]
-    payload = {
-        "experiment": config.name,
+    return {
         "papers": {
             "jiang2020": "Jiang et al., Fantastic Generalization Measures and Where to Find "
                          "Them, ICLR 2020, arXiv 1912.02178",
             "gastpar2024": "Gastpar et al., Fantastic Generalization Measures are Nowhere to "
                            "be Found, ICLR 2024, arXiv 2309.13658",
         },
-        "config": {"full": config.full, "seed": config.seed},
-        "settings": dataclasses.asdict(settings),
         "num_models": len(rows),
         "num_train": m,
         "num_test": len(data.y_test_clean),
@@ -524,8 +467,8 @@ def run(config: RunConfig, *, settings: GeneralizationSettings | None = None) ->
             "Gaussian of the flatness search, P centred at w0 (init) or 0 (orig), N the number "
             "of values the data-dependent sigma (2^depth) and prior variance (grid) can take"),
         "models": model_rows,
-        "seconds": {"total": total_seconds, "training": train_seconds,
-                    "measures": measure_seconds},
+        "seconds": {"training": train_seconds, "measures": measure_seconds},
+        "paper_vs_ours": [paper_row(f"Kendall tau of {r['measure']} (Jiang et al., CIFAR-10)",
+                                    JIANG_REPORTED[r["measure"]]["tau"], r["tau"])
+                          for r in table],
     }
-    write_results(run_dir / "results.json", payload)
-    return payload

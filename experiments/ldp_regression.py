@@ -47,7 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.bounds import privacy as pv
 
 VARIANTS = ("ldp", "ldp_public", "non_private", "public_no_noise")
@@ -65,7 +66,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class LDPRegressionSettings:
+class LDPRegressionSettings(Settings):
     """Everything the experiment varies. The defaults run in a few minutes on a 2-core CPU."""
 
     d: int = 8
@@ -101,14 +102,8 @@ class LDPRegressionSettings:
                    chunk=50_000, epsilons=(2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0),
                    epsilon_ref=16.0)
 
-    @classmethod
-    def for_run(cls, config: RunConfig) -> LDPRegressionSettings:
-        return cls.full() if config.full else cls()
-
     def __post_init__(self):
-        for name in ("d", "k", "seeds", "epsilon_seeds", "chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        self.check(positive=("d", "k", "seeds", "epsilon_seeds", "chunk"))
         if self.epsilon_seeds > self.seeds:
             raise ValueError(f"epsilon_seeds must be <= seeds = {self.seeds}, got "
                              f"{self.epsilon_seeds}.")
@@ -292,14 +287,15 @@ def bound_curves(n, eps, settings: LDPRegressionSettings) -> dict[str, np.ndarra
 
 
 def plot(path, settings: LDPRegressionSettings, errors_n, errors_eps, slopes) -> None:
-    import matplotlib
+    with figure(path, 1, 2, figsize=(12, 4.8)) as (fig, axes):
+        _draw(fig, axes, settings, errors_n, errors_eps, slopes)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _draw(fig, axes, settings: LDPRegressionSettings, errors_n, errors_eps, slopes) -> None:
+    from matplotlib.ticker import NullFormatter
 
     n_grid = np.asarray(settings.n_grid, float)
     eps = np.asarray(settings.epsilons, float)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
     sweeps = [(axes[0], n_grid, errors_n, "n (users)",
                bound_curves(n_grid, settings.epsilon_ref, settings), "n",
                f"error vs n (ε = {settings.epsilon_ref:g}, {settings.seeds} seeds)"),
@@ -319,23 +315,21 @@ def plot(path, settings: LDPRegressionSettings, errors_n, errors_eps, slopes) ->
         ax.plot(x, bounds["nldp_lower"], "k:", label="lower √(dk log d)/(√n ε)")
         ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="‖β̂ − β*‖₂", title=title)
         ax.set_xticks(x, [f"{v:,g}" for v in x])  # the grid values, no crowded minor labels
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, loc="lower left")
     fig.suptitle(f"Sparse linear regression under LDP: d = {settings.d}, k = {settings.k}, "
                  f"{settings.design} x, mean ± std over the seeds (bound constants = 1)",
                  fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 # --- the experiment -----------------------------------------------------------------------
 
 
-def run(config: RunConfig, *, settings: LDPRegressionSettings | None = None) -> dict[str, Any]:
-    """Run the experiment (in float64); returns (and writes to ``results.json``) its results."""
-    settings = settings or LDPRegressionSettings.for_run(config)
+@experiment("ldp_regression", "Sparse linear regression under local differential privacy: "
+            "error vs n and eps beside the upper and lower bound rates.")
+def run(config: RunConfig, settings: LDPRegressionSettings) -> dict[str, Any]:
+    """Run the experiment in float64; the metrics."""
     with jax.enable_x64(True):
         return _run(config, settings)
 
@@ -373,7 +367,6 @@ def _run(config: RunConfig, settings: LDPRegressionSettings) -> dict[str, Any]:
     table_eps = [{"epsilon": e, **{v: float(mean(errors_eps[v])[j]) for v in VARIANTS},
                   **{b: float(e_bounds[b][j]) for b in e_bounds}}
                  for j, e in enumerate(settings.epsilons)]
-    total_seconds = time.perf_counter() - started
 
     headers = ["n", "LDP err", "LDP+public err", "non-private err", "public, noise-free err",
                "upper d√k/(√nε)", "lower √(dk log d)/(√nε)"]
@@ -392,10 +385,9 @@ def _run(config: RunConfig, settings: LDPRegressionSettings) -> dict[str, Any]:
           f"{diagnostics['non_private']:+.3f}, public covariance "
           f"{diagnostics['public_no_noise']:+.3f}; public sample m = "
           f"{settings.public_samples or 'n'})")
-    print(f"\ntime: simulation {sim_seconds:.1f} s, total {total_seconds:.1f} s")
-
-    results = {
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
+    print(f"\ntime: simulation {sim_seconds:.1f} s")
+    plot(config.run_dir / "error_vs_n_eps.png", settings, errors_n, errors_eps, slopes)
+    return {
         "privacy": {"mechanism": "laplace (pure ε-LDP)",
                     "laplace_scale_times_epsilon": float(scales[0]),
                     "laplace_scale_times_epsilon_public": float(public_scale),
@@ -409,11 +401,10 @@ def _run(config: RunConfig, settings: LDPRegressionSettings) -> dict[str, Any]:
         "slopes": slopes,
         "verdict": verdict,
         "noise_free_slopes_vs_n": diagnostics,
-        "paper": PAPER,
-        "seconds": {"simulation": sim_seconds, "total": total_seconds},
+        "seconds": {"simulation": sim_seconds},
+        "paper_vs_ours": [
+            *(paper_row(f"log-log slope of the error vs {axis}, {v}", PAPER[f"slope_vs_{axis}"],
+                        slopes[v][axis]["fitted"])
+              for v in ("ldp", "ldp_public") for axis in ("n", "epsilon")),
+            paper_row("rates", PAPER["claim"], verdict["text"])],
     }
-    run_dir = config.run_dir
-    plot(run_dir / "error_vs_n_eps.png", settings, errors_n, errors_eps, slopes)
-    path = write_results(run_dir / "results.json", results)
-    print(f"wrote {path} and {run_dir / 'error_vs_n_eps.png'}")
-    return results

@@ -31,13 +31,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any
 
 import jax
 import numpy as np
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.bounds import retrieval
 
 PAPER = "Weller et al., arXiv 2508.21038, Section 4 / Figure 2"
@@ -47,7 +47,7 @@ EXACT_CRITICAL_N = {1: 2, 2: 3, 3: 4}
 
 
 @dataclasses.dataclass(frozen=True)
-class LimitSettings:
+class LimitSettings(Settings):
     """Everything the LIMIT experiment can vary. The defaults run in minutes on a CPU."""
 
     dims: tuple[int, ...] = (3, 4, 5, 6, 7, 8)
@@ -67,10 +67,6 @@ class LimitSettings:
         """The paper-sized configuration of ``--full`` (meant for a GPU)."""
         return cls(dims=(3, 4, 5, 6, 7, 8, 10, 12, 16, 20, 24, 28, 32), max_steps=100_000,
                    neighborly_n=300)
-
-    @classmethod
-    def for_run(cls, config: RunConfig) -> LimitSettings:
-        return cls.full() if config.full else cls()
 
     def fit_kwargs(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "learning_rate": self.learning_rate,
@@ -123,35 +119,27 @@ def neighborly_check(n: int, k: int) -> dict[str, Any]:
 
 def plot_critical_n(path, rows: list[dict[str, Any]], title: str) -> None:
     """Measured critical n per d, the paper's fit, and the exact limits for d ≤ 3."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     dims = [r["d"] for r in rows]
     grid = np.linspace(min(dims), max(dims), 200)
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.plot(grid, np.asarray(retrieval.critical_n_fit(grid)), "-", color="C1",
-            label="paper's fit  −10.53 + 4.03d + 0.052d² + 0.0037d³")
-    measured = [(r["d"], r["critical_n"]) for r in rows if r["critical_n"] is not None]
-    if measured:
-        ax.plot(*zip(*measured), "o", color="C0", label="measured (free embeddings)")
-    exact = [(d, EXACT_CRITICAL_N[d]) for d in dims if d in EXACT_CRITICAL_N]
-    if exact:
-        ax.plot(*zip(*exact), "x", color="k", ms=9, label="exact limit (unit norm)")
-    ax.set(xlabel="embedding dimension d", ylabel="critical n (top-2, all pairs)",
-           title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path) as (_, ax):
+        ax.plot(grid, np.asarray(retrieval.critical_n_fit(grid)), "-", color="C1",
+                label="paper's fit  −10.53 + 4.03d + 0.052d² + 0.0037d³")
+        measured = [(r["d"], r["critical_n"]) for r in rows if r["critical_n"] is not None]
+        if measured:
+            ax.plot(*zip(*measured), "o", color="C0", label="measured (free embeddings)")
+        exact = [(d, EXACT_CRITICAL_N[d]) for d in dims if d in EXACT_CRITICAL_N]
+        if exact:
+            ax.plot(*zip(*exact), "x", color="k", ms=9, label="exact limit (unit norm)")
+        ax.set(xlabel="embedding dimension d", ylabel="critical n (top-2, all pairs)",
+               title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
-def run(config: RunConfig, *, settings: LimitSettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or LimitSettings.for_run(config)
-    started = time.perf_counter()
+@experiment("limit", "LIMIT: critical n per embedding dimension d by free-embedding "
+            "optimisation, vs the fit.")
+def run(config: RunConfig, settings: LimitSettings) -> dict[str, Any]:
+    """The critical-n search per d and the explicit d = 4 construction; the metrics."""
     key = jax.random.PRNGKey(config.seed)
     print(f"LIMIT: critical n for d = {', '.join(map(str, settings.dims))} (k = {settings.k}); "
           f"InfoNCE τ = {settings.temperature}, Adam lr = {settings.learning_rate}, "
@@ -162,7 +150,6 @@ def run(config: RunConfig, *, settings: LimitSettings | None = None) -> dict[str
     for d in bar:
         rows.append(measure_dimension(d, settings, jax.random.fold_in(key, d), bar))
     neighborly = neighborly_check(settings.neighborly_n, settings.k)
-    total_seconds = time.perf_counter() - started
 
     headers = ["d", "fit (paper)", "measured n*", "first fail", "queries at n*",
                "exact", "runs", "steps", "seconds"]
@@ -171,27 +158,19 @@ def run(config: RunConfig, *, settings: LimitSettings | None = None) -> dict[str
          r["queries_at_critical_n"], r["exact_limit"] if r["exact_limit"] else "none (∞)",
          len(r["runs"]), r["steps_total"], round(r["seconds"], 1)]
         for r in rows])
-    print()
-    print(table)
+    print(f"\n{table}")
     print(f"\nexplicit d = {neighborly['d']} embedding of all {neighborly['queries']:,} "
           f"top-{neighborly['k']} sets of n = {neighborly['n']} docs: exact = "
           f"{neighborly['all_top_k_sets_exact']} (min margin {neighborly['min_margin']:.3g})")
-    print(f"time: {total_seconds:.1f} s")
-
-    results = {
-        "paper": PAPER,
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
+    plot_critical_n(config.run_dir / "critical_n.png", rows,
+                    f"LIMIT free embeddings, k = {settings.k}")
+    return {
         "fit_coefficients": list(retrieval.FIT_COEFFICIENTS),
         "fit_extrapolations": {str(d): float(retrieval.critical_n_fit(d))
                                for d in (512, 768, 1024, 3072, 4096)},
         "critical_n": rows,
         "neighborly": neighborly,
         "table": table,
-        "seconds": {"total": total_seconds},
+        "paper_vs_ours": [paper_row(f"critical n at d = {r['d']} ({PAPER}: the fit)", r["fit"],
+                                    r["critical_n"]) for r in rows],
     }
-    run_dir = config.run_dir
-    plot_critical_n(run_dir / "critical_n.png", rows,
-                    f"LIMIT free embeddings, k = {settings.k}")
-    path = write_results(run_dir / "results.json", results)
-    print(f"wrote {path} and {run_dir / 'critical_n.png'}")
-    return results

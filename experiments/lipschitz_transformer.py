@@ -25,8 +25,6 @@ Shakespeare reaches 60% validation accuracy.
 d_embed 256, context 256, 3 blocks, 4 heads, Muon lr 0.1 → 0, 2,000 steps at batch 512, the
 soft cap with w_max 6; the sweep uses w_max 2…8 at batch 64. It is meant for a GPU.
 
-:func:`quickstart_run` trains a small certified model in a minute or two, prints a text
-sample, the validation accuracy and the bound (for ``experiments/quickstart.py``).
 Writes ``results.json``, ``accuracy_vs_bound.png`` and ``training.png`` under
 ``runs/<name>/``.
 """
@@ -43,7 +41,8 @@ import numpy as np
 import optax
 
 from experiments import char_model
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.lipschitz import optim
 from jaxbounds.lipschitz.certificate import lipschitz_bound
 from jaxbounds.lipschitz.transformer import (
@@ -67,7 +66,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(Settings):
     """One training run: model sizes, optimizer, constraint and schedule."""
 
     d_model: int = 64
@@ -89,15 +88,10 @@ class TrainSpec:
     eval_every: int = 100
 
     def __post_init__(self):
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
-        if self.constraint not in METHODS:
-            raise ValueError(f"constraint must be one of {METHODS}, got {self.constraint!r}.")
+        self.check(positive=("steps", "batch_size", "context", "eval_batches"),
+                   among={"optimizer": OPTIMIZERS, "constraint": METHODS})
         if not self.w_max > 0:
             raise ValueError(f"w_max must be > 0, got {self.w_max!r}.")
-        for name in ("steps", "batch_size", "context", "eval_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}.")
 
     @property
     def peak_lr(self) -> float:
@@ -111,7 +105,7 @@ class TrainSpec:
 
 
 @dataclasses.dataclass(frozen=True)
-class LipschitzSettings:
+class LipschitzSettings(Settings):
     """The experiment: a main run and a sweep. Defaults run in minutes on a CPU."""
 
     main: TrainSpec = TrainSpec()
@@ -136,28 +130,6 @@ class LipschitzSettings:
                          w_max=6.0, muon_lr=0.1, eval_batches=16, eval_every=250)
         sweep = dataclasses.replace(main, batch_size=64, eval_every=1_000_000)
         return cls(main=main, sweep_spec=sweep, sweep_w_max=(2.0, 4.0, 6.0, 8.0))
-
-    @classmethod
-    def for_run(cls, config: RunConfig) -> LipschitzSettings:
-        return cls.full() if config.full else cls()
-
-
-# --- data ---------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CharData:
-    vocab: char_model.CharVocab
-    train: np.ndarray
-    val: np.ndarray
-
-
-def prepare_data(val_fraction: float = 0.1) -> CharData:
-    """The bundled corpus, character-level; the last ``val_fraction`` is validation."""
-    text = char_model.load_corpus()
-    vocab = char_model.CharVocab.from_text(text)
-    train, val = char_model.split_tokens(vocab.encode(text), val_fraction)
-    return CharData(vocab=vocab, train=train, val=val)
 
 
 # --- optimizer ----------------------------------------------------------------------------
@@ -208,72 +180,43 @@ def _loss_and_accuracy(model, params, inputs, targets):
     return loss, accuracy
 
 
-def make_train_step(model, tx, spec: TrainSpec):
+def train_model(spec: TrainSpec, data, seed: int = 0, *, desc: str = "train",
+                show_progress: bool = True) -> dict[str, Any]:
+    """Train one model on ``data`` = (vocab, train tokens, validation tokens); returns params,
+    config, losses, validation loss/accuracy and the certified bound with its factors."""
+    started = time.perf_counter()
+    vocab, train_tokens, val_tokens = data
+    cfg = spec.model_config(vocab.size)
+    model = LipschitzTransformer(cfg)
+    init_key, opt_key = jax.random.split(jax.random.PRNGKey(seed))
+    params = jax.jit(model.init)(init_key, jnp.zeros((1, cfg.context), jnp.int32))
     decay = spec.weight_decay if spec.constraint == "weight_decay" else 0.0
 
-    @jax.jit
-    def train_step(params, opt_state, inputs, targets, step):
-        def loss_fn(p):
-            return _loss_and_accuracy(model, p, inputs, targets)[0]
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
+    def post_update(params, step):
+        """The decoupled weight decay (1 − wd·s(t))·w, then embedding rows at RMS <= 1."""
         if decay:
             factor = 1.0 - decay * (1.0 - step / spec.steps)
             params = jax.tree_util.tree_map_with_path(
                 lambda path, w: w * factor if _is_kernel(path) else w, params)
-        return project_embedding(params, 1.0), opt_state, loss
+        return project_embedding(params, 1.0)
 
-    return train_step
-
-
-def make_evaluator(model, batches):
-    step = jax.jit(lambda p, x, y: _loss_and_accuracy(model, p, x, y))
-
-    def evaluate(params) -> tuple[float, float]:
-        values = np.array([[float(v) for v in step(params, x, y)] for x, y in batches])
-        return float(values[:, 0].mean()), float(values[:, 1].mean())
-
-    return evaluate
-
-
-def train_model(spec: TrainSpec, data: CharData, seed: int = 0, *, desc: str = "train",
-                show_progress: bool = True) -> dict[str, Any]:
-    """Train one model; returns params, config, losses, validation loss/accuracy and the
-    certified bound with its per-layer factors."""
-    started = time.perf_counter()
-    cfg = spec.model_config(data.vocab.size)
-    model = LipschitzTransformer(cfg)
-    init_key, opt_key = jax.random.split(jax.random.PRNGKey(seed))
-    params = jax.jit(model.init)(init_key, jnp.zeros((1, cfg.context), jnp.int32))
-    tx = make_optimizer(spec, opt_key)
-    opt_state = tx.init(params)
-    train_step = make_train_step(model, tx, spec)
-    evaluate = make_evaluator(model, char_model.eval_batches(
-        data.val, min(spec.batch_size, 64), cfg.context, spec.eval_batches))
-    rng = np.random.default_rng(seed)
-    losses, evals = [], []
-    steps = range(spec.steps)
-    bar = progress(steps, desc=desc, leave=False) if show_progress else steps
-    for step in bar:
-        if step and step % spec.eval_every == 0:
-            evals.append((step, *evaluate(params)))
-        inputs, targets = char_model.sample_batch(rng, data.train, spec.batch_size, cfg.context)
-        params, opt_state, loss = train_step(params, opt_state, inputs, targets, step)
-        losses.append(loss)
-        if show_progress and (step % 25 == 0 or step == spec.steps - 1):
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-    losses = [float(v) for v in losses]
-    train_seconds = time.perf_counter() - started
-    val_loss, val_acc = evaluate(params)
-    evals.append((spec.steps, val_loss, val_acc))
+    params, losses, evals = char_model.train(
+        params, make_optimizer(spec, opt_key),
+        lambda p, x, y: _loss_and_accuracy(model, p, x, y)[0],
+        char_model.batch_sampler(np.random.default_rng(seed), train_tokens, spec.batch_size,
+                                 cfg.context), spec.steps, desc=desc,
+        evaluate=char_model.make_evaluator(
+            lambda p, x, y: _loss_and_accuracy(model, p, x, y), char_model.eval_batches(
+                val_tokens, min(spec.batch_size, 64), cfg.context, spec.eval_batches)),
+        eval_every=spec.eval_every, eval_at_start=False, post_update=post_update,
+        show_progress=show_progress)
+    evals = [(step, *values) for step, values in evals]
     total, per_layer = lipschitz_bound(params, cfg)
     return {"spec": spec, "config": cfg, "model": model, "params": params,
-            "losses": losses, "evals": evals, "val_loss": val_loss, "val_accuracy": val_acc,
-            "lipschitz_bound": float(total),
+            "losses": losses, "evals": evals, "val_loss": evals[-1][1],
+            "val_accuracy": evals[-1][2], "lipschitz_bound": float(total),
             "per_layer": {k: float(v) for k, v in per_layer.items()},
-            "train_seconds": train_seconds}
+            "train_seconds": time.perf_counter() - started}
 
 
 def generate(model, params, vocab: char_model.CharVocab, prompt: str, num_chars: int, key,
@@ -305,50 +248,36 @@ _COLORS = dict(zip(METHODS, ("tab:gray", "tab:brown", "tab:blue", "tab:purple", 
 
 
 def plot_accuracy_vs_bound(path, rows: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in rows:
-        marker = "o" if row["optimizer"] == "muon" else "s"
-        face = _COLORS[row["constraint"]] if row["optimizer"] == "muon" else "none"
-        ax.scatter(row["lipschitz_bound"], row["val_accuracy"], marker=marker, s=60,
-                   facecolors=face, edgecolors=_COLORS[row["constraint"]], linewidths=1.5)
-    for method in METHODS:
-        ax.scatter([], [], color=_COLORS[method], label=method)
-    ax.scatter([], [], marker="o", color="k", label="Muon (filled)")
-    ax.scatter([], [], marker="s", facecolors="none", edgecolors="k", label="AdamW (open)")
-    ax.set(xscale="log", xlabel="certified Lipschitz bound (max-RMS norms, log)",
-           ylabel="validation accuracy", title="Shakespeare chars: accuracy vs certified bound")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(7, 4.5)) as (_, ax):
+        for row in rows:
+            muon = row["optimizer"] == "muon"
+            color = _COLORS[row["constraint"]]
+            ax.scatter(row["lipschitz_bound"], row["val_accuracy"], marker="o" if muon else "s",
+                       s=60, facecolors=color if muon else "none", edgecolors=color,
+                       linewidths=1.5)
+        for method in METHODS:
+            ax.scatter([], [], color=_COLORS[method], label=method)
+        ax.scatter([], [], marker="o", color="k", label="Muon (filled)")
+        ax.scatter([], [], marker="s", facecolors="none", edgecolors="k", label="AdamW (open)")
+        ax.set(xscale="log", xlabel="certified Lipschitz bound (max-RMS norms, log)",
+               ylabel="validation accuracy",
+               title="Shakespeare chars: accuracy vs certified bound")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
 
 
 def plot_training(path, result: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    left.plot(result["losses"], lw=0.8, label="train loss")
-    steps, val_loss, val_acc = zip(*result["evals"])
-    left.plot(steps, val_loss, "o-", label="validation loss")
-    left.set(xlabel="step", ylabel="nats/char", title="main run")
-    left.legend()
-    names = list(result["per_layer"])
-    right.bar(range(len(names)), [result["per_layer"][n] for n in names])
-    right.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    right.set(ylabel="factor", yscale="log",
-              title=f"certificate factors, total {result['lipschitz_bound']:.3g}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(11, 4)) as (_, (left, right)):
+        left.plot(result["losses"], lw=0.8, label="train loss")
+        steps, val_loss, _ = zip(*result["evals"])
+        left.plot(steps, val_loss, "o-", label="validation loss")
+        left.set(xlabel="step", ylabel="nats/char", title="main run")
+        left.legend()
+        names = list(result["per_layer"])
+        right.bar(range(len(names)), [result["per_layer"][n] for n in names])
+        right.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+        right.set(ylabel="factor", yscale="log",
+                  title=f"certificate factors, total {result['lipschitz_bound']:.3g}")
 
 
 # --- the experiment -----------------------------------------------------------------------
@@ -361,7 +290,7 @@ def _row(result: dict[str, Any]) -> dict[str, Any]:
             "lipschitz_bound": result["lipschitz_bound"], "seconds": result["train_seconds"]}
 
 
-def run_sweep(settings: LipschitzSettings, data: CharData, seed: int) -> list[dict[str, Any]]:
+def run_sweep(settings: LipschitzSettings, data, seed: int) -> list[dict[str, Any]]:
     rows = []
     specs = [dataclasses.replace(settings.sweep_spec, optimizer=opt, constraint=method,
                                  w_max=w_max)
@@ -374,18 +303,18 @@ def run_sweep(settings: LipschitzSettings, data: CharData, seed: int) -> list[di
     return rows
 
 
-def run(config: RunConfig, *, settings: LipschitzSettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or LipschitzSettings.for_run(config)
-    started = time.perf_counter()
-    data = prepare_data(settings.val_fraction)
+@experiment("lipschitz_transformer", "Lipschitz-constrained char transformer on Shakespeare "
+            "(Muon + spectral caps): accuracy vs certified Lipschitz bound per constraint method.")
+def run(config: RunConfig, settings: LipschitzSettings) -> dict[str, Any]:
+    """The main run, its sample and certificate, and the sweep; the metrics."""
+    data = vocab, train_tokens, val_tokens = char_model.corpus_split(settings.val_fraction)
     spec = settings.main
-    print(f"Lipschitz transformer: {data.vocab.size} chars, {len(data.train):,} train / "
-          f"{len(data.val):,} validation; d_model {spec.d_model}, {spec.num_blocks} blocks, "
+    print(f"Lipschitz transformer: {vocab.size} chars, {len(train_tokens):,} train / "
+          f"{len(val_tokens):,} validation; d_model {spec.d_model}, {spec.num_blocks} blocks, "
           f"{spec.num_heads} heads, context {spec.context}; {spec.optimizer} + "
           f"{spec.constraint} (w_max {spec.w_max}, RMS->RMS), {spec.steps} steps.")
     main = train_model(spec, data, config.seed, desc="main run")
-    sample = generate(main["model"], main["params"], data.vocab, "ROMEO:\n",
+    sample = generate(main["model"], main["params"], vocab, "ROMEO:\n",
                       settings.sample_chars, jax.random.PRNGKey(config.seed),
                       settings.temperature)
     print(f"\nvalidation accuracy {main['val_accuracy']:.4f}, loss {main['val_loss']:.4f} "
@@ -399,57 +328,25 @@ def run(config: RunConfig, *, settings: LipschitzSettings | None = None) -> dict
             ["optimizer", "constraint", "w_max", "val acc", "val loss", "bound", "s"],
             [[r["optimizer"], r["constraint"], r["w_max"], r["val_accuracy"], r["val_loss"],
               r["lipschitz_bound"], r["seconds"]] for r in rows]))
-    total_seconds = time.perf_counter() - started
-    results = {
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
-        "data": {"vocab_size": data.vocab.size, "train_chars": len(data.train),
-                 "val_chars": len(data.val)},
+        plot_accuracy_vs_bound(config.run_dir / "accuracy_vs_bound.png", rows)
+    plot_training(config.run_dir / "training.png", main)
+    return {
+        "data": {"vocab_size": vocab.size, "train_chars": len(train_tokens),
+                 "val_chars": len(val_tokens)},
         "main": {"val_accuracy": main["val_accuracy"], "val_loss": main["val_loss"],
                  "lipschitz_bound": main["lipschitz_bound"], "per_layer": main["per_layer"],
                  "evals": [list(e) for e in main["evals"]], "losses": main["losses"],
                  "train_seconds": main["train_seconds"], "sample": sample},
         "sweep": rows,
-        "paper": PAPER,
         "certificate_domain": "embeddings -> logits, sequences with every token RMS <= the "
                               "largest embedding-row RMS (1 here); norms: max over positions "
                               "of the per-token RMS norm",
-        "seconds": total_seconds,
+        "paper_vs_ours": [
+            paper_row("Shakespeare validation accuracy of a Lipschitz-2 transformer",
+                      PAPER["shakespeare_val_accuracy_at_lipschitz_2"],
+                      {"val_accuracy": main["val_accuracy"],
+                       "lipschitz_bound": main["lipschitz_bound"]}),
+            paper_row("vocabulary", PAPER["shakespeare_vocab"], vocab.size),
+            *(paper_row(k, v, None) for k, v in PAPER.items()
+              if k not in ("shakespeare_val_accuracy_at_lipschitz_2", "shakespeare_vocab"))],
     }
-    run_dir = config.run_dir
-    plot_training(run_dir / "training.png", main)
-    if rows:
-        plot_accuracy_vs_bound(run_dir / "accuracy_vs_bound.png", rows)
-    path = write_results(run_dir / "results.json", results)
-    print(f"time {total_seconds:.1f} s; wrote {path}")
-    return results
-
-
-# --- quickstart ---------------------------------------------------------------------------
-
-QUICKSTART_SPEC = TrainSpec(d_model=64, num_blocks=2, num_heads=2, context=64, batch_size=32,
-                            steps=250, optimizer="muon", constraint="spectral_hard_cap",
-                            w_max=1.0, eval_every=1_000_000)
-
-
-def quickstart_run(spec: TrainSpec | None = None, *, seed: int = 0, sample_chars: int = 200,
-                   temperature: float = 0.3) -> dict[str, Any]:
-    """Train a small Lipschitz-certified transformer (about a minute or two on a CPU), print
-    a generated sample, the validation accuracy and the certified Lipschitz bound; return
-    them in a dict (``val_accuracy``, ``val_loss``, ``lipschitz_bound``, ``per_layer``,
-    ``sample``, ``seconds``)."""
-    spec = spec or QUICKSTART_SPEC
-    started = time.perf_counter()
-    data = prepare_data()
-    print(f"Lipschitz transformer quickstart: {spec.optimizer} + {spec.constraint} "
-          f"(w_max {spec.w_max}), {spec.steps} steps on Shakespeare characters.")
-    result = train_model(spec, data, seed, desc="lipschitz transformer")
-    sample = generate(result["model"], result["params"], data.vocab, "ROMEO:\n", sample_chars,
-                      jax.random.PRNGKey(seed), temperature)
-    seconds = time.perf_counter() - started
-    print(f"sample:\n{sample}\n")
-    print(f"validation accuracy {result['val_accuracy']:.4f}; certified Lipschitz bound "
-          f"{result['lipschitz_bound']:.4g} (embeddings -> logits, max-RMS norms); "
-          f"{seconds:.0f} s")
-    return {"val_accuracy": result["val_accuracy"], "val_loss": result["val_loss"],
-            "lipschitz_bound": result["lipschitz_bound"], "per_layer": result["per_layer"],
-            "sample": sample, "seconds": seconds}

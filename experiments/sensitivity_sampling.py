@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.bounds import sensitivity as sens
 
 METHODS = ("uniform", "leverage", "root_leverage", "lewis", "sensitivity", "mixture")
@@ -61,7 +62,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class SensitivitySamplingSettings:
+class SensitivitySamplingSettings(Settings):
     """Everything the experiment can vary. The defaults run in a few minutes on 2 cores."""
 
     n_structured: int = 600
@@ -86,27 +87,10 @@ class SensitivitySamplingSettings:
                    sample_sizes=(30, 60, 120, 240, 480, 960), trials=10, num_starts=32,
                    num_steps=150, irls_iters=120, targets=(0.5, 0.3, 0.2))
 
-    @classmethod
-    def for_run(cls, config: RunConfig) -> SensitivitySamplingSettings:
-        return cls.full() if config.full else cls()
-
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"methods must be non-empty and among {METHODS}, got "
-                             f"{self.methods!r}.")
-        bad = [d for d in self.datasets if d not in DATASETS]
-        if bad or not self.datasets:
-            raise ValueError(f"datasets must be non-empty and among {DATASETS}, got "
-                             f"{self.datasets!r}.")
-        if not self.ps or any(p < 1 for p in self.ps):
-            raise ValueError(f"ps must be non-empty and >= 1, got {self.ps!r}.")
-        if not self.sample_sizes or any(m < 1 for m in self.sample_sizes):
-            raise ValueError(f"sample_sizes must be non-empty and >= 1, got "
-                             f"{self.sample_sizes!r}.")
-        for name in ("n_structured", "d_structured", "trials", "num_steps", "irls_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        self.check(among={"methods": METHODS, "datasets": DATASETS},
+                   positive=("ps", "sample_sizes", "n_structured", "d_structured", "trials",
+                             "num_steps", "irls_iters"))
         if not 0 <= self.heavy_rows <= self.n_structured:
             raise ValueError(f"heavy_rows must be in [0, n_structured], got {self.heavy_rows}.")
 
@@ -226,44 +210,35 @@ def needed_sizes(rows: list[dict[str, Any]], targets) -> dict[str, dict[str, int
 
 
 def plot_curves(path, table, key, ylabel, title, settings) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     ps = sorted({r["p"] for r in table})
-    fig, axes = plt.subplots(1, len(ps), figsize=(5 * len(ps), 4), squeeze=False)
-    for ax, p in zip(axes[0], ps):
-        for method in settings.methods:
-            rows = sorted((r for r in table if r["p"] == p and r["method"] == method),
-                          key=lambda r: r["m"])
-            if not rows:
-                continue
-            m = [r["m"] for r in rows]
-            med = [max(r[key]["median"], 1e-6) for r in rows]
-            ax.plot(m, med, marker="o", label=NAMES[method])
-            ax.fill_between(m, [max(r[key]["q25"], 1e-6) for r in rows],
-                            [max(r[key]["q75"], 1e-6) for r in rows], alpha=0.15)
-        ax.set(xscale="log", yscale="log", xlabel="sample size m (expected rows)",
-               ylabel=ylabel, title=f"p = {p:g}")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 1, len(ps), figsize=(5 * len(ps), 4), dpi=110,
+                squeeze=False) as (fig, axes):
+        for ax, p in zip(axes[0], ps):
+            for method in settings.methods:
+                rows = sorted((r for r in table if r["p"] == p and r["method"] == method),
+                              key=lambda r: r["m"])
+                if not rows:
+                    continue
+                m = [r["m"] for r in rows]
+                ax.plot(m, [max(r[key]["median"], 1e-6) for r in rows], marker="o",
+                        label=NAMES[method])
+                ax.fill_between(m, [max(r[key]["q25"], 1e-6) for r in rows],
+                                [max(r[key]["q75"], 1e-6) for r in rows], alpha=0.15)
+            ax.set(xscale="log", yscale="log", xlabel="sample size m (expected rows)",
+                   ylabel=ylabel, title=f"p = {p:g}")
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0][0].legend(fontsize=8)
+        fig.suptitle(title)
 
 
-def run(config: RunConfig, *, settings: SensitivitySamplingSettings | None = None
-        ) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or SensitivitySamplingSettings.for_run(config)
-    started = time.perf_counter()
+@experiment("sensitivity_sampling", "lp subspace embeddings: distortion vs sample size for "
+            "uniform, leverage, root-leverage, Lewis and sensitivity sampling; lp regression on "
+            "the sample.")
+def run(config: RunConfig, settings: SensitivitySamplingSettings) -> dict[str, Any]:
+    """Distortion and regression per dataset, p, method and sample size; the metrics."""
     rng = np.random.default_rng(config.seed)
     root = jax.random.key(config.seed)
-    results: dict[str, Any] = {"config": {"seed": config.seed, "full": config.full,
-                                          "settings": dataclasses.asdict(settings)},
-                               "paper": PAPER, "datasets": {}}
+    results: dict[str, Any] = {"datasets": {}}
     with jax.enable_x64(True):
         data = {}
         for name in settings.datasets:
@@ -350,7 +325,10 @@ def run(config: RunConfig, *, settings: SensitivitySamplingSettings | None = Non
                         for m in settings.sample_sizes]
                 print(f"p = {p:g}: median distortion")
                 print(format_table(["m", *[NAMES[x] for x in meths]], body))
-    results["seconds"] = time.perf_counter() - started
-    write_results(config.run_dir / "results.json", results)
-    print(f"\nwrote {config.run_dir} in {results['seconds']:.0f} s")
+    results["paper_vs_ours"] = [
+        paper_row(f"total sensitivity of [A, b], {name}, p = {p}", PAPER["total_sensitivity"],
+                  total) for name, entry in results["datasets"].items()
+        for p, total in entry["total_sensitivity"].items()
+    ] + [paper_row("claim", PAPER["claim"], {name: entry["needed_sizes"]
+                                             for name, entry in results["datasets"].items()})]
     return results

@@ -35,7 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments import digits
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.bounds import svd
 
 PAPER = {
@@ -52,7 +54,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class SvdClusteringSettings:
+class SvdClusteringSettings(Settings):
     """Everything the experiment can vary. The defaults run in a few minutes on 2 CPU cores."""
 
     eps_values: tuple[float, ...] = (0.05, 0.1, 0.2)
@@ -85,24 +87,11 @@ class SvdClusteringSettings:
         return cls(rows=128, groups=8, per_group=8, width=32, dim=12, rank=32,
                    hidden_layers=8, train_steps=2000, tightness_draws=500)
 
-    @classmethod
-    def for_run(cls, config: RunConfig) -> SvdClusteringSettings:
-        return cls.full() if config.full else cls()
-
     def __post_init__(self):
-        bad = [e for e in self.eps_values if not 0 < e < 1]
-        if bad or not self.eps_values:
-            raise ValueError(f"eps_values must be non-empty and in (0, 1), got "
-                             f"{self.eps_values!r}.")
-        unknown = [m for m in self.methods if m not in svd.METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"methods must be among {svd.METHODS}, got {self.methods!r}.")
-        for name in ("rank", "patience", "rows", "groups", "per_group", "width", "dim",
-                     "hidden_layers", "train_steps", "batch_size", "block_width",
-                     "tightness_draws", "tightness_blocks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-
+        self.check(unit=("eps_values",), among={"methods": svd.METHODS},
+                   positive=("rank", "patience", "rows", "groups", "per_group", "width", "dim",
+                             "hidden_layers", "train_steps", "batch_size", "block_width",
+                             "tightness_draws", "tightness_blocks"))
 
 # --- data ---------------------------------------------------------------------------------
 
@@ -131,21 +120,10 @@ def column_blocks(kernels: list[np.ndarray], width: int) -> list[np.ndarray]:
 
 def train_digits_mlp(settings: SvdClusteringSettings, seed: int) -> dict[str, Any]:
     """A 64 → 64 ×L → 10 ReLU MLP on sklearn digits, adam; its kernels before and after."""
-    import flax.linen as nn
     import optax
 
-    from experiments.data_diet import cross_entropy, load_digits_split
-
-    data = load_digits_split(0.3, 0)
-
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            for _ in range(settings.hidden_layers):
-                x = nn.relu(nn.Dense(64)(x))
-            return nn.Dense(10)(x)
-
-    model = MLP()
+    data = digits.stratified_split(0.3, 0)
+    model = digits.MLP(64, settings.hidden_layers)
     params0 = model.init(jax.random.key(seed), jnp.zeros((1, 64), jnp.float32))
     tx = optax.adam(settings.learning_rate)
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
@@ -156,15 +134,14 @@ def train_digits_mlp(settings: SvdClusteringSettings, seed: int) -> dict[str, An
     def train(params):
         def step(carry, idx):
             params, state = carry
-            grads = jax.grad(lambda p: cross_entropy(model.apply(p, x[idx]), y[idx]))(params)
+            grads = jax.grad(lambda p: digits.cross_entropy(model.apply(p, x[idx]), y[idx]))(params)
             updates, state = tx.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), None
 
         return jax.lax.scan(step, (params, tx.init(params)), batches)[0][0]
 
     params = train(params0)
-    logits = model.apply(params, jnp.asarray(data.x_test))
-    accuracy = float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(data.y_test)))
+    accuracy = digits.accuracy(model, params, data.x_test, data.y_test)
 
     def kernels(p):
         layers = sorted(p["params"], key=lambda name: int(name.split("_")[-1]))
@@ -263,68 +240,52 @@ def tightness_study(settings: SvdClusteringSettings, seed: int) -> list[dict[str
 
 
 def plot_compression(path, table, settings: SvdClusteringSettings) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     datasets = list(dict.fromkeys(r["dataset"] for r in table))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8),
-                             squeeze=False)
-    for ax, name in zip(axes[0], datasets):
-        styles = {"maxnorm": ("o", "-"), "residual": ("s", "--"), "approximate": ("^", "-"),
-                  "certified": ("x", ":")}
-        for method in settings.methods:
-            rows = [r for r in table if r["dataset"] == name and r["method"] == method]
-            marker, line = styles[method]
-            ax.plot([r["eps"] for r in rows], [r["compression_ratio"] for r in rows],
-                    marker=marker, ls=line, label=method, ms=7 if marker == "x" else 5)
-            for r in rows:
-                if r["violations"]:
-                    ax.annotate(f"{r['violations']} viol.", (r["eps"], r["compression_ratio"]),
-                                fontsize=7, color="red")
-        ax.set(title=name, xlabel="ε (relative rank-r error budget)",
-               ylabel="compression ratio")
-        ax.set_xticks(settings.eps_values, [f"{e:g}" for e in settings.eps_values])
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Greedy concatenated-SVD clustering, rank r = {settings.rank}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    styles = {"maxnorm": ("o", "-"), "residual": ("s", "--"), "approximate": ("^", "-"),
+              "certified": ("x", ":")}
+    with figure(path, 1, len(datasets), figsize=(4.6 * len(datasets), 3.8),
+                squeeze=False) as (fig, axes):
+        for ax, name in zip(axes[0], datasets):
+            for method in settings.methods:
+                rows = [r for r in table if r["dataset"] == name and r["method"] == method]
+                marker, line = styles[method]
+                ax.plot([r["eps"] for r in rows], [r["compression_ratio"] for r in rows],
+                        marker=marker, ls=line, label=method, ms=7 if marker == "x" else 5)
+                for r in rows:
+                    if r["violations"]:
+                        ax.annotate(f"{r['violations']} viol.",
+                                    (r["eps"], r["compression_ratio"]), fontsize=7, color="red")
+            ax.set(title=name, xlabel="ε (relative rank-r error budget)",
+                   ylabel="compression ratio")
+            ax.set_xticks(settings.eps_values, [f"{e:g}" for e in settings.eps_values])
+            ax.legend(fontsize=8)
+        fig.suptitle(f"Greedy concatenated-SVD clustering, rank r = {settings.rank}")
 
 
 def plot_tightness(path, tightness) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    keys = ("weyl", "residual", "certified", "estimate")
     x = np.arange(len(tightness))
-    for j, key in enumerate(keys):
-        med = [t[f"{key}_over_true"]["median"] for t in tightness]
-        lo = [t[f"{key}_over_true"]["min"] for t in tightness]
-        hi = [t[f"{key}_over_true"]["max"] for t in tightness]
-        ax.errorbar(x + 0.15 * (j - 1.5), med, yerr=[np.subtract(med, lo), np.subtract(hi, med)],
-                    marker="o", ls="none", capsize=3, label=key)
-    ax.axhline(1.0, color="k", lw=1, ls="--")
-    ax.set_xticks(x, [f"noise {t['noise']:g}" for t in tightness])
-    ax.set(yscale="log", ylabel="figure / true e_r (median, min–max)",
-           title="Tightness on blocks sharing one low-rank subspace")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, figsize=(6.5, 4.2)) as (_, ax):
+        for j, key in enumerate(("weyl", "residual", "certified", "estimate")):
+            med, lo, hi = ([t[f"{key}_over_true"][q] for t in tightness]
+                           for q in ("median", "min", "max"))
+            ax.errorbar(x + 0.15 * (j - 1.5), med,
+                        yerr=[np.subtract(med, lo), np.subtract(hi, med)],
+                        marker="o", ls="none", capsize=3, label=key)
+        ax.axhline(1.0, color="k", lw=1, ls="--")
+        ax.set_xticks(x, [f"noise {t['noise']:g}" for t in tightness])
+        ax.set(yscale="log", ylabel="figure / true e_r (median, min–max)",
+               title="Tightness on blocks sharing one low-rank subspace")
+        ax.legend(fontsize=8)
 
 
 # --- the experiment -----------------------------------------------------------------------
 
 
-def run(config: RunConfig, *, settings: SvdClusteringSettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or SvdClusteringSettings.for_run(config)
-    started = time.perf_counter()
+@experiment("svd_clustering", "Concatenated-matrix SVD compression: greedy clustering with "
+            "Weyl, residual, approximate and certified projection bounds; compression ratio "
+            "and true error.")
+def run(config: RunConfig, settings: SvdClusteringSettings) -> dict[str, Any]:
+    """Cluster the synthetic and MLP blocks, study the tightness; the metrics."""
     with jax.enable_x64(True):
         rng = np.random.default_rng([config.seed, 1])
         synthetic, labels = shared_subspace_blocks(
@@ -358,7 +319,6 @@ def run(config: RunConfig, *, settings: SvdClusteringSettings | None = None) -> 
         tight_started = time.perf_counter()
         tightness = tightness_study(settings, config.seed)
         tight_seconds = time.perf_counter() - tight_started
-    total_seconds = time.perf_counter() - started
 
     headers = ["data", "ε", "method", "ratio", "clusters", "singles", "max true e_r",
                "violations", "evals", "seconds"]
@@ -395,23 +355,23 @@ def run(config: RunConfig, *, settings: SvdClusteringSettings | None = None) -> 
     print(f"\nviolations of ε (true error by a full SVD): bound-based algorithms "
           f"{bound_violations}, approximate {approx_violations} "
           f"(over {summary['approximate_clusters']} clusters)")
-    print(f"time: MLP {mlp_seconds:.1f} s, tightness {tight_seconds:.1f} s, "
-          f"total {total_seconds:.1f} s")
-    results = {
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
+    print(f"time: MLP {mlp_seconds:.1f} s, tightness {tight_seconds:.1f} s")
+    plot_compression(config.run_dir / "compression.png", table, settings)
+    plot_tightness(config.run_dir / "tightness.png", tightness)
+    return {
         "data": data_info,
         "compression_ratio_definition": "sum n*c_k / (sum_clusters (n*rr + rr*c) + "
                                         "sum_singletons n*c_k), rr = min(r, n, c)",
         "table": table,
         "tightness": tightness,
         "summary": summary,
-        "paper": PAPER,
-        "seconds": {"mlp_training": mlp_seconds, "tightness": tight_seconds,
-                    "total": total_seconds},
+        "seconds": {"mlp_training": mlp_seconds, "tightness": tight_seconds},
+        "paper_vs_ours": [
+            paper_row(PAPER["claims"][0], "holds", {
+                "weyl_ge_residual_everywhere": all(t["weyl_ge_residual_everywhere"]
+                                                   for t in tightness)}),
+            paper_row(PAPER["claims"][1], "approximation", {
+                "approximate_violations": approx_violations}),
+            paper_row(PAPER["claims"][2], "no violation",
+                      {"bound_based_violations": bound_violations})],
     }
-    run_dir = config.run_dir
-    plot_compression(run_dir / "compression.png", table, settings)
-    plot_tightness(run_dir / "tightness.png", tightness)
-    path = write_results(run_dir / "results.json", results)
-    print(f"wrote {path}, {run_dir / 'compression.png'} and {run_dir / 'tightness.png'}")
-    return results

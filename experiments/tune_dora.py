@@ -1,51 +1,46 @@
 """Sweep the fused DoRA kernel's block sizes on a GPU and report the fastest per dtype.
 
-    python experiments/tune_dora.py [--shape T,D_IN,D_OUT,R] [--out runs]
+    python -m experiments bench tune_dora [--shape T,D_IN,D_OUT,R] [--out runs]
 
 Times the forward of ``pallas_kernels.dora_matmul`` (Triton lowering) for each block
 configuration, next to the XLA reference in the same process, and writes
 ``runs/tune_dora/best.json`` ({dtype: DoRABlockSizes fields}), which
-``experiments/bench_dora.py --blocks`` reads. Configurations that fail to compile (e.g. too
+``python -m experiments bench dora --blocks`` reads. Configurations that fail to compile (e.g. too
 much shared memory) are reported and skipped. Needs a CUDA GPU.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
-import pathlib
-import sys
-
-if __package__ in (None, ""):
-    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 
-from experiments._runner import format_table, time_jitted, write_results
-from pallas_kernels import DoRABlockSizes, _backend, dora_matmul, dora_matmul_reference
+from experiments._output import format_table, time_jitted
+from experiments._runner import bench, bench_parser, device, save_bench
+from pallas_kernels import DoRABlockSizes, cuda_available, dora_matmul, dora_matmul_reference
 
 GRID = dict(block_m=(64, 128), block_n=(128, 256), block_k=(32, 64),
             warps_stages=((4, 3), (8, 3), (8, 4)))
 
 
 def configs(rank: int):
-    block_r = max(16, min(64, _backend.next_power_of_2(rank)))
+    block_r = max(16, min(64, 1 << (rank - 1).bit_length()))
     for bm, bn, bk, (warps, stages) in itertools.product(*GRID.values()):
         yield DoRABlockSizes(block_m=bm, block_n=bn, block_k=bk, block_r=min(block_r, 64),
                              num_warps=warps, num_stages=stages)
 
 
+@bench("tune_dora", "Sweep the fused DoRA kernel's block sizes on a GPU; the fastest per dtype.")
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__)
     parser.add_argument("--shape", default="2048,8192,8192,384")
     parser.add_argument("--dtype", action="append", choices=("float32", "bfloat16"))
-    parser.add_argument("--reps", type=int, default=10)
-    parser.add_argument("--out", default="runs")
     args = parser.parse_args(argv)
-    if not _backend.default_backend_is_cuda():
+    args.reps = args.reps or 10
+    if not cuda_available():
         print("tune_dora: no CUDA GPU here; nothing to tune. Exiting 0.")
         return 0
     tokens, d_in, d_out, rank = (int(v) for v in args.shape.split(","))
@@ -76,17 +71,11 @@ def main(argv=None) -> int:
             rows.append([dtype_name, blocks.block_m, blocks.block_n, blocks.block_k,
                          blocks.block_r, blocks.num_warps, blocks.num_stages, 1e3 * seconds,
                          1e3 * xla_s, seconds / xla_s])
-    print(f"\nfused DoRA forward, shape T,d_in,d_out,r = {args.shape}, "
-          f"{jax.devices()[0].device_kind}; top 5 per dtype")
+    print(f"\nfused DoRA forward, shape T,d_in,d_out,r = {args.shape}, {device()}; "
+          "top 5 per dtype")
     print(format_table(["dtype", "bm", "bn", "bk", "br", "warps", "stages", "kernel ms",
                         "xla ms", "kernel/xla"], rows))
-    out = pathlib.Path(args.out) / "tune_dora"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "best.json").write_text(json.dumps(best, indent=2) + "\n")
-    write_results(out / "results.json", {"shape": args.shape, "top": rows, "best": best})
-    print(f"wrote {out / 'best.json'}")
+    path = save_bench(args.out, "tune_dora", {"shape": args.shape, "top": rows, "best": best})
+    (path.parent / "best.json").write_text(json.dumps(best, indent=2) + "\n")
+    print(f"wrote {path.parent / 'best.json'}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

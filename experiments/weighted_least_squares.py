@@ -22,7 +22,6 @@ Writes ``results.json``, ``error_vs_ratio.png`` and ``stability_vs_ratio.png``.
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any
 
 import jax
@@ -30,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from numpy.polynomial import legendre as npleg
 
-from experiments._runner import RunConfig, format_table, progress, write_results
+from experiments._output import figure, format_table, progress
+from experiments._runner import RunConfig, Settings, experiment, paper_row
 from jaxbounds.bounds import sampling as S
 
 TARGETS = {
@@ -49,7 +49,7 @@ PAPER = {
 
 
 @dataclasses.dataclass(frozen=True)
-class WLSSettings:
+class WLSSettings(Settings):
     """What the experiment varies. The defaults run in a few minutes on a 2-core CPU."""
 
     dims: tuple[int, ...] = (10, 20, 40)
@@ -66,25 +66,9 @@ class WLSSettings:
     def full(cls) -> WLSSettings:
         return cls(ratios=(1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0), draws=200)
 
-    @classmethod
-    def for_run(cls, config: RunConfig) -> WLSSettings:
-        return cls.full() if config.full else cls()
-
     def __post_init__(self):
-        if not self.dims or min(self.dims) < 1:
-            raise ValueError(f"dims must be non-empty and >= 1, got {self.dims!r}.")
-        if not self.ratios or min(self.ratios) < 1:
-            raise ValueError(f"ratios must be non-empty and >= 1, got {self.ratios!r}.")
-        if [t for t in self.targets if t not in TARGETS] or not self.targets:
-            raise ValueError(f"targets must be among {tuple(TARGETS)}, got {self.targets!r}.")
-        if [m for m in self.methods if m not in METHODS] or not self.methods:
-            raise ValueError(f"methods must be among {METHODS}, got {self.methods!r}.")
-        if not 0 < self.delta < 1 or not 0 < self.eta < 1:
-            raise ValueError(f"delta and eta must be in (0, 1), got {self.delta}, {self.eta}.")
-        for name in ("draws", "max_batches", "quadrature_nodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-
+        self.check(positive=("dims", "ratios", "draws", "max_batches", "quadrature_nodes"),
+                   unit=("delta", "eta"), among={"targets": tuple(TARGETS), "methods": METHODS})
 
 def sizes(m: int, ratio: float, method: str) -> int | None:
     """The sample size n for (m, n/m), or None when the method has no such size."""
@@ -135,39 +119,31 @@ def make_fit(m: int, xq: np.ndarray):
 
 
 def plot(path, rows, settings: WLSSettings, key: str, ylabel: str, log: bool) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     targets = settings.targets if key == "error_ratio" else settings.targets[:1]
-    fig, axes = plt.subplots(len(targets), len(settings.dims), squeeze=False,
-                             figsize=(4.2 * len(settings.dims), 3.3 * len(targets)))
-    for r, target in enumerate(targets):
-        for c, m in enumerate(settings.dims):
-            ax = axes[r, c]
-            for method in settings.methods:
-                pts = sorted((row["n_over_m"], row[key]) for row in rows
-                             if row["m"] == m and row["method"] == method
-                             and row["target"] == target)
-                if pts:
-                    ax.plot(*zip(*pts), marker="o" if method != "repeated" else "*",
-                            ms=5 if method != "repeated" else 12, label=method)
-            if log:
-                ax.set_yscale("log")
-            ax.set(title=f"{target}, m = {m}" if key == "error_ratio" else f"m = {m}",
-                   xlabel="n / m", ylabel=ylabel)
-            ax.grid(alpha=0.3)
-    axes[0, 0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, len(targets), len(settings.dims), squeeze=False, dpi=110,
+                figsize=(4.2 * len(settings.dims), 3.3 * len(targets))) as (_, axes):
+        for r, target in enumerate(targets):
+            for c, m in enumerate(settings.dims):
+                ax = axes[r, c]
+                for method in settings.methods:
+                    pts = sorted((row["n_over_m"], row[key]) for row in rows
+                                 if row["m"] == m and row["method"] == method
+                                 and row["target"] == target)
+                    if pts:
+                        ax.plot(*zip(*pts), marker="o" if method != "repeated" else "*",
+                                ms=5 if method != "repeated" else 12, label=method)
+                if log:
+                    ax.set_yscale("log")
+                ax.set(title=f"{target}, m = {m}" if key == "error_ratio" else f"m = {m}",
+                       xlabel="n / m", ylabel=ylabel)
+                ax.grid(alpha=0.3)
+        axes[0, 0].legend()
 
 
-def run(config: RunConfig, *, settings: WLSSettings | None = None) -> dict[str, Any]:
-    """Run the experiment; returns (and writes to ``results.json``) its results."""
-    settings = settings or WLSSettings.for_run(config)
-    started = time.perf_counter()
+@experiment("weighted_least_squares", "Optimal weighted least squares on Legendre bases: i.i.d. "
+            "Christoffel, DPP, volume and repeated-DPP sampling; L2 error and stability vs n/m.")
+def run(config: RunConfig, settings: WLSSettings) -> dict[str, Any]:
+    """Draws, fits and errors per (m, method, n/m); the metrics."""
     with jax.enable_x64(True):
         xq, wq = npleg.leggauss(settings.quadrature_nodes)
         wq = wq / 2
@@ -209,7 +185,6 @@ def run(config: RunConfig, *, settings: WLSSettings | None = None) -> dict[str, 
                     "gram_deviation_median": float(np.median(dev)),
                 })
             bar.set_postfix(m=m, method=method, stable=f"{np.mean(stable):.2f}")
-    seconds = time.perf_counter() - started
 
     headers = ["m", "method", "n/m", "stable", "runge err/best", "abs err/best"]
     pick = lambda m, method, r, t: next((x for x in rows if x["m"] == m and x["method"] == method
@@ -227,20 +202,18 @@ def run(config: RunConfig, *, settings: WLSSettings | None = None) -> dict[str, 
     sufficient = {m: float(S.sample_size(m, settings.delta, settings.eta))
                   for m in settings.dims}
     print(f"i.i.d. sufficient n (delta={settings.delta}, eta={settings.eta}): {sufficient}")
-    print(f"time {seconds:.1f} s")
-
-    results = {
-        "config": {"run": dataclasses.asdict(config), "settings": dataclasses.asdict(settings)},
-        "table": rows,
-        "iid_sufficient_sample_size": sufficient,
-        "paper": PAPER,
-        "seconds": seconds,
-    }
     run_dir = config.run_dir
     plot(run_dir / "error_vs_ratio.png", rows, settings, "error_ratio",
          "median ‖f − f̂‖ / ‖f − P_m f‖", log=True)
     plot(run_dir / "stability_vs_ratio.png", rows, settings, "stability_rate",
          f"P(‖G − I‖₂ ≤ {settings.delta})", log=False)
-    path = write_results(run_dir / "results.json", results)
-    print(f"wrote {path} and the PNGs in {run_dir}")
-    return results
+    repeated = [r for r in rows if r["method"] == "repeated"]
+    return {
+        "table": rows,
+        "iid_sufficient_sample_size": sufficient,
+        "paper_vs_ours": [
+            paper_row("i.i.d. sufficient sample size", PAPER["iid_sufficient_n"], sufficient),
+            paper_row("repeated projection DPPs: n close to m, quasi-optimal", PAPER["claim"],
+                      [{k: r[k] for k in ("m", "target", "n_over_m", "error_ratio",
+                                          "stability_rate")} for r in repeated])],
+    }

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from experiments import certified_training as ct
-from experiments._runner import RunConfig
+from experiments import digits
+from experiments._runner import run_experiment
 
 
 def test_model_matrices_and_stages_match_the_network():
@@ -36,7 +37,8 @@ def test_model_matrices_and_stages_match_the_network():
 
 
 def test_digits_are_scaled_to_unit_interval():
-    x_train, x_test, y_train, y_test = ct.load_digits_split(0.3, 0)
+    d = digits.stratified_split(0.3, 0)
+    x_train, x_test, y_train, y_test = d.x_train, d.x_test, d.y_train, d.y_test
     assert x_train.shape[1] == 64 and x_train.min() >= 0 and x_train.max() <= 1
     assert len(x_test) == len(y_test) and set(np.unique(y_train)) == set(range(10))
 
@@ -46,9 +48,9 @@ def test_tiny_end_to_end_run(tmp_path: pathlib.Path):
     settings = ct.CertifiedSettings(
         steps=12, warmup_steps=2, ramp_steps=5, mlp_width=8, methods=("standard", "ibp"),
         archs=("mlp",), n_crown=4, n_tight=4, n_local=3, widths=(4,), width_steps=6)
-    results = ct.run(RunConfig(name="certified_training", out_dir=tmp_path), settings=settings)
+    run_experiment("certified_training", settings=settings, out_dir=tmp_path)
     run_dir = tmp_path / "certified_training"
-    saved = json.loads((run_dir / "results.json").read_text())
+    saved = results = json.loads((run_dir / "results.json").read_text())["metrics"]
     assert (run_dir / "tightness_vs_width.png").exists()
     assert (run_dir / "tightness_layers.png").exists()
     for method in ("standard", "ibp"):

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from experiments import data_diet
+from experiments import data_diet, digits
 
 
 def test_top_fraction_keeps_the_highest_scores():
@@ -19,7 +19,7 @@ def test_top_fraction_keeps_the_highest_scores():
 
 def test_index_stream_visits_every_kept_example_each_epoch():
     subset = np.array([2, 5, 7, 11, 13])
-    stream = data_diet.index_stream(np.random.default_rng(0), subset, steps=4, batch_size=5)
+    stream = digits.index_stream(np.random.default_rng(0), subset, steps=4, batch_size=5)
     assert stream.shape == (4, 5)
     for epoch in stream:  # here one batch is one epoch
         np.testing.assert_array_equal(np.sort(epoch), subset)
@@ -50,18 +50,19 @@ def test_settings_reject_bad_values():
 
 @pytest.mark.slow
 def test_data_diet_experiment_end_to_end_on_a_tiny_config(tmp_path):
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = data_diet.DataDietSettings(hidden=16, learning_rate=1e-2, train_steps=60,
                                           score_epochs=1,
                                           score_seeds=2, train_seeds=2, fractions=(0.5, 0.9))
-    data_diet.run(RunConfig(name="data_diet", out_dir=tmp_path, seed=0), settings=settings)
+    run_experiment("data_diet", settings=settings, out_dir=tmp_path, seed=0)
 
     run_dir = tmp_path / "data_diet"
     assert (run_dir / "accuracy_vs_fraction.png").stat().st_size > 0
     assert (run_dir / "scores.png").stat().st_size > 0
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["config"]["settings"]["train_seeds"] == 2
+    payload = json.loads((run_dir / "results.json").read_text())
+    assert payload["config"]["settings"]["train_seeds"] == 2
+    results = payload["metrics"]
     assert results["data"]["train_examples"] + results["data"]["test_examples"] == 1797
     table = results["table"]
     assert {(r["method"], r["fraction"]) for r in table} == {
@@ -75,4 +76,4 @@ def test_data_diet_experiment_end_to_end_on_a_tiny_config(tmp_path):
     assert isinstance(verdict["paper_claim_holds_at_half"], bool)
     assert verdict["text"] and "50%" in verdict["text"][0]
     assert results["scores"]["summary"]["el2n"]["max"] <= np.sqrt(2) + 1e-6
-    assert results["paper"]["fraction_kept_without_loss"] == 0.5
+    assert payload["paper_vs_ours"][0]["paper"] == 0.5

@@ -111,22 +111,42 @@ def test_cli_list_prints_the_experiments():
     repo = pathlib.Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-m", "experiments", "list"], cwd=repo,
                           capture_output=True, text=True, timeout=120, check=True)
-    names = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
-    assert "dora" in names and "quickstart" in names
+    lines = {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+    assert "dora" in lines and "quickstart" in lines and "limit" in lines
+    assert "Lipschitz" in lines["quickstart"] and "DoRA" not in lines["quickstart"]
+    assert "hyperattention" in lines and "gpu_check" in lines  # the benchmarks
+
+
+def test_cli_settings_flags_override_the_defaults(monkeypatch):
+    import experiments.__main__ as cli
+
+    seen = {}
+    monkeypatch.setattr(cli, "run_experiment", lambda name, **kw: seen.update(kw, name=name))
+    assert main(["dora", "--pretrain-steps", "7", "--include", "x", "--out", "o"]) == 0
+    assert seen["name"] == "dora" and seen["out_dir"] == "o"
+    assert seen["settings"].pretrain_steps == 7 and seen["settings"].include == "x"
+    assert seen["settings"].d_model == 128
+    assert main(["dora", "--full", "--rank", "4"]) == 0
+    assert seen["settings"].pretrain_steps == 5000 and seen["settings"].rank == 4
 
 
 @pytest.mark.slow
 def test_dora_experiment_end_to_end_on_a_tiny_config(tmp_path):
     from experiments import dora
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = dora.DoRASettings(d_model=32, num_layers=1, num_heads=2, context=32,
                                  batch_size=16, pretrain_steps=60, adapt_steps=60,
                                  eval_batches=2, eval_every=20)
-    dora.run(RunConfig(name="dora", out_dir=tmp_path, seed=0), settings=settings)
+    run_experiment("dora", settings=settings, out_dir=tmp_path, seed=0)
 
-    results = json.loads((tmp_path / "dora" / "results.json").read_text())
+    payload = json.loads((tmp_path / "dora" / "results.json").read_text())
+    assert set(payload) == {"experiment", "config", "metrics", "paper_vs_ours", "environment",
+                            "seconds"}
+    assert payload["experiment"] == "dora" and payload["config"]["settings"]["rank"] == 8
+    assert {"jax", "device", "python"} <= set(payload["environment"])
     assert (tmp_path / "dora" / "losses.png").stat().st_size > 0
+    results = payload["metrics"]
     losses = results["losses"]
     assert losses["held_out_after"] < losses["held_out_before"]
     assert abs(losses["held_out_before"] - losses["held_out_base"]) < 1e-4

@@ -53,16 +53,17 @@ def test_kl_helpers_and_risk_bound():
 
 @pytest.mark.slow
 def test_generalization_experiment_end_to_end_on_a_tiny_grid(tmp_path):
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = G.GeneralizationSettings(
         widths=(16,), depths=(1,), learning_rates=(0.01, 0.05), weight_decays=(0.0,),
         batch_sizes=(32,), label_noises=(0.0, 0.2), steps=150, search_depth=8, mc_samples=4,
         gibbs_test_samples=4)
-    G.run(RunConfig(name="generalization_measures", out_dir=tmp_path, seed=0),
-          settings=settings)
+    run_experiment("generalization_measures", settings=settings, out_dir=tmp_path, seed=0)
     out = tmp_path / "generalization_measures"
-    results = json.loads((out / "results.json").read_text())
+    payload = json.loads((out / "results.json").read_text())
+    results = payload["metrics"]
+    assert len(payload["paper_vs_ours"]) == len(G.M.MEASURE_NAMES)
     for png in ("kendall.png", "tightness.png"):
         assert (out / png).stat().st_size > 0
     assert results["num_models"] == 4 and len(results["models"]) == 4

@@ -30,14 +30,15 @@ def test_benchmark_chunked_exact_baseline_is_exact():
 @pytest.mark.slow
 def test_hyperattention_experiment_end_to_end_on_a_tiny_config(tmp_path):
     from experiments import hyperattention
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = hyperattention.HyperSettings(
         d_model=32, num_layers=2, num_heads=2, context=256, batch_size=4, steps=30,
         block_size=32, sample_size=32, min_seq_len=64, eval_batches=2, eval_keys=2)
-    results = hyperattention.run(RunConfig(name="hyperattention", out_dir=tmp_path, seed=0),
-                                 settings=settings)
-    saved = json.loads((tmp_path / "hyperattention" / "results.json").read_text())
+    run_experiment("hyperattention", settings=settings, out_dir=tmp_path, seed=0)
+    payload = json.loads((tmp_path / "hyperattention" / "results.json").read_text())
+    saved = results = payload["metrics"]
+    assert payload["paper_vs_ours"][0]["paper"] == 5.6
     assert (tmp_path / "hyperattention" / "perplexity.png").stat().st_size > 0
     rows = saved["patched"]
     assert [r["patched_layers"] for r in rows] == [0, 1, 2]

@@ -67,17 +67,18 @@ def test_estimate_errors_uses_the_public_sample_size_and_a_noise_free_public_cur
 
 @pytest.mark.slow
 def test_ldp_experiment_end_to_end_on_a_tiny_config(tmp_path):
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = lr.LDPRegressionSettings(d=5, k=2, n_grid=(5_000, 10_000, 20_000), chunk=5_000,
                                         epsilons=(4.0, 8.0, 16.0), epsilon_ref=8.0, seeds=3,
                                         epsilon_seeds=2)
-    lr.run(RunConfig(name="ldp_regression", out_dir=tmp_path, seed=0), settings=settings)
+    run_experiment("ldp_regression", settings=settings, out_dir=tmp_path, seed=0)
 
     run_dir = tmp_path / "ldp_regression"
     assert (run_dir / "error_vs_n_eps.png").stat().st_size > 0
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["config"]["settings"]["seeds"] == 3
+    payload = json.loads((run_dir / "results.json").read_text())
+    results = payload["metrics"]
+    assert payload["config"]["settings"]["seeds"] == 3
     for variant in lr.VARIANTS:
         errors_n = np.asarray(results["errors_vs_n"][variant])
         errors_eps = np.asarray(results["errors_vs_epsilon"][variant])
@@ -101,7 +102,7 @@ def test_ldp_experiment_end_to_end_on_a_tiny_config(tmp_path):
     assert slopes["ldp_public"]["epsilon"]["fitted"] < -0.5
     verdict = results["verdict"]
     assert isinstance(verdict["all_match"], bool) and len(verdict["text"]) == 5
-    assert results["paper"]["slope_vs_n"] == -0.5
+    assert payload["paper_vs_ours"][0]["paper"] == -0.5
     assert results["privacy"]["laplace_scale_times_epsilon"] == 5 * 5 + 2 * 5 * 3.0
 
 

@@ -10,16 +10,17 @@ import pytest
 @pytest.mark.slow
 def test_limit_experiment_end_to_end_on_a_tiny_config(tmp_path):
     from experiments import limit
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = limit.LimitSettings(dims=(2, 3), max_steps=4000, patience=300,
                                    neighborly_n=12)
-    limit.run(RunConfig(name="limit", out_dir=tmp_path, seed=0), settings=settings)
+    run_experiment("limit", settings=settings, out_dir=tmp_path, seed=0)
 
     run_dir = tmp_path / "limit"
     assert (run_dir / "critical_n.png").stat().st_size > 0
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["config"]["settings"]["dims"] == [2, 3]
+    payload = json.loads((run_dir / "results.json").read_text())
+    results = payload["metrics"]
+    assert payload["config"]["settings"]["dims"] == [2, 3]
     assert results["fit_coefficients"] == [-10.5322, 4.0309, 0.0520, 0.0037]
     assert abs(results["fit_extrapolations"]["512"] - 512_290) < 1
     rows = {row["d"]: row for row in results["critical_n"]}
@@ -44,4 +45,4 @@ def test_limit_experiment_end_to_end_on_a_tiny_config(tmp_path):
             assert (r["margin"] > 0) == r["success"]
     assert results["neighborly"]["all_top_k_sets_exact"] is True
     assert results["neighborly"]["queries"] == 66
-    assert "environment" in results and results["seconds"]["total"] > 0
+    assert "environment" in payload and payload["seconds"] > 0

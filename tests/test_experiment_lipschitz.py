@@ -9,7 +9,7 @@ import json
 import pytest
 
 from experiments import lipschitz_transformer as E
-from experiments._runner import RunConfig
+from experiments._runner import run_experiment
 
 
 def test_bad_settings_raise():
@@ -39,10 +39,10 @@ def test_experiment_end_to_end_on_a_tiny_config(tmp_path):
         main=TINY, sweep_spec=dataclasses.replace(TINY, steps=6, eval_every=100),
         sweep_methods=("none", "spectral_hard_cap"), sweep_optimizers=("muon",),
         sample_chars=20)
-    results = E.run(RunConfig(name="lipschitz_transformer", out_dir=tmp_path, seed=0),
-                    settings=settings)
+    run_experiment("lipschitz_transformer", settings=settings, out_dir=tmp_path, seed=0)
     run_dir = tmp_path / "lipschitz_transformer"
-    saved = json.loads((run_dir / "results.json").read_text())
+    payload = json.loads((run_dir / "results.json").read_text())
+    saved = payload["metrics"]
     assert (run_dir / "accuracy_vs_bound.png").stat().st_size > 0
     assert (run_dir / "training.png").stat().st_size > 0
     main = saved["main"]
@@ -57,16 +57,16 @@ def test_experiment_end_to_end_on_a_tiny_config(tmp_path):
     free = [r for r in saved["sweep"] if r["constraint"] == "none"]
     assert all(r["lipschitz_bound"] > 0 for r in saved["sweep"])
     assert max(r["lipschitz_bound"] for r in capped) < 1e6 and free
-    assert results["paper"]["shakespeare_val_accuracy_at_lipschitz_2"] == 0.60
+    paper = payload["paper_vs_ours"][0]
+    assert paper["paper"] == 0.60 and paper["ours"]["val_accuracy"] == main["val_accuracy"]
 
 
 @pytest.mark.slow
 def test_quickstart_experiment_writes_results(tmp_path, capsys):
     from experiments import quickstart
-    from experiments._runner import RunConfig
 
-    config = RunConfig(name="quickstart", full=False, out_dir=tmp_path, seed=0)
-    summary = quickstart.run(config, spec=dataclasses.replace(TINY, steps=5))
+    settings = quickstart.QuickstartSettings(spec=dataclasses.replace(TINY, steps=5))
+    summary = run_experiment("quickstart", settings=settings, out_dir=tmp_path)["metrics"]
     assert (tmp_path / "quickstart" / "results.json").exists()
     assert summary["lipschitz_bound"] > 0 and 0 <= summary["val_accuracy"] <= 1
     printed = capsys.readouterr().out

@@ -28,19 +28,19 @@ def test_settings_reject_bad_values():
 
 @pytest.mark.slow
 def test_sensitivity_sampling_end_to_end_on_a_tiny_config(tmp_path):
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = exp.SensitivitySamplingSettings(
         n_structured=60, d_structured=3, heavy_rows=2, ps=(3.0,), sample_sizes=(10, 40),
         trials=2, num_starts=2, num_steps=10, irls_iters=20, diabetes_rows=100)
-    exp.run(RunConfig(name="sensitivity_sampling", out_dir=tmp_path, seed=0),
-            settings=settings)
+    run_experiment("sensitivity_sampling", settings=settings, out_dir=tmp_path, seed=0)
     run_dir = tmp_path / "sensitivity_sampling"
     for name in ("structured", "diabetes"):
         assert (run_dir / f"distortion_{name}.png").stat().st_size > 0
         assert (run_dir / f"regression_{name}.png").stat().st_size > 0
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["config"]["settings"]["trials"] == 2
+    payload = json.loads((run_dir / "results.json").read_text())
+    results = payload["metrics"]
+    assert payload["config"]["settings"]["trials"] == 2
     diabetes = results["datasets"]["diabetes"]
     assert diabetes["n"] == 100 and diabetes["d"] == 11
     for entry in results["datasets"].values():
@@ -54,4 +54,4 @@ def test_sensitivity_sampling_end_to_end_on_a_tiny_config(tmp_path):
             assert len(row["distortions"]) == 2 and np.all(np.array(row["distortions"]) >= 0)
             assert all(e >= 0 for e in row["excesses"])
         assert set(entry["needed_sizes"]) == {"3"}
-    assert results["seconds"] > 0
+    assert payload["seconds"] > 0

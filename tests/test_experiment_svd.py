@@ -28,18 +28,18 @@ def test_settings_reject_bad_values():
 
 @pytest.mark.slow
 def test_svd_clustering_experiment_end_to_end_on_a_tiny_config(tmp_path):
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = svd_clustering.SvdClusteringSettings(
         eps_values=(0.1, 0.2), rank=4, rows=12, groups=2, per_group=3, width=4, dim=2,
         hidden_layers=1, train_steps=20, block_width=32, tightness_draws=8,
         tightness_blocks=3, tightness_noise=(0.05,))
-    svd_clustering.run(RunConfig(name="svd_clustering", out_dir=tmp_path, seed=0),
-                       settings=settings)
+    run_experiment("svd_clustering", settings=settings, out_dir=tmp_path, seed=0)
     run_dir = tmp_path / "svd_clustering"
     assert (run_dir / "compression.png").stat().st_size > 0
     assert (run_dir / "tightness.png").stat().st_size > 0
-    results = json.loads((run_dir / "results.json").read_text())
+    payload = json.loads((run_dir / "results.json").read_text())
+    results = payload["metrics"]
     table = results["table"]
     assert {(r["dataset"], r["method"], r["eps"]) for r in table} == {
         (d, m, e) for d in ("synthetic", "mlp_weights", "mlp_updates")

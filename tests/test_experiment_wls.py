@@ -22,15 +22,16 @@ def test_settings_reject_bad_values():
 
 @pytest.mark.slow
 def test_wls_experiment_end_to_end_on_a_tiny_config(tmp_path):
-    from experiments._runner import RunConfig
+    from experiments._runner import run_experiment
 
     settings = wls.WLSSettings(dims=(4,), ratios=(1.0, 2.0), targets=("runge", "abs"),
                                draws=4, max_batches=5, quadrature_nodes=50)
-    wls.run(RunConfig(name="weighted_least_squares", out_dir=tmp_path), settings=settings)
+    run_experiment("weighted_least_squares", settings=settings, out_dir=tmp_path)
     run_dir = tmp_path / "weighted_least_squares"
     for name in ("error_vs_ratio.png", "stability_vs_ratio.png"):
         assert (run_dir / name).stat().st_size > 0
-    results = json.loads((run_dir / "results.json").read_text())
+    payload = json.loads((run_dir / "results.json").read_text())
+    results = payload["metrics"]
     rows = results["table"]
     assert {r["method"] for r in rows} == set(wls.METHODS)
     for row in rows:
