@@ -178,6 +178,7 @@ class CharModelConfig:
     attention: str = "softmax"  # every block's attention, one of ATTENTIONS
     hyper_layers: int = 0  # the last this many blocks use "hyper" (same params)
     positions: bool = True  # learned absolute positions ("nala" has RoPE and LePE inside)
+    rope: bool = False  # 1-D RoPE on q, k in SelfAttention (instead of, or with, positions)
     block_size: int = 256
     sample_size: int = 256
     num_projections: int = 7
@@ -211,7 +212,7 @@ class Block(nn.Module):
             attn = SelfAttention(c.num_heads, c.d_model, attention=self.attention, causal=True,
                                  block_size=c.block_size, sample_size=c.sample_size,
                                  num_projections=c.num_projections, min_seq_len=c.min_seq_len,
-                                 name="attn")
+                                 rope=c.rope, name="attn")
         x = x + attn(nn.LayerNorm(name="ln_attn")(x))
         return x + MLP(c.mlp_ratio * x.shape[-1], name="mlp")(nn.LayerNorm(name="ln_mlp")(x))
 

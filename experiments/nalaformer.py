@@ -9,8 +9,8 @@ head, optimiser, data order, seed) except for the attention layer of each block:
   wrapper (q, k, v, g = Linear(C → 4C); norm-aware linear attention with 1-D RoPE; causal
   width-5 LePE; LayerNorm · SiLU(g); output projection);
 * ``softmax``: the library's causal softmax
-  :class:`~jaxbounds.attention.modules.SelfAttention` (Dense q, k, v, out), with learned
-  absolute positions (``SelfAttention`` has no RoPE).
+  :class:`~jaxbounds.attention.modules.SelfAttention` (Dense q, k, v, out), with 1-D
+  RoPE on q and k (``rope=True``), so that both models see positions the same way.
 
 Both are :class:`experiments.char_model.CharTransformer`.
 
@@ -67,7 +67,7 @@ def train_one(attention: str, s: NaLaSettings, vocab_size: int, train_tokens, va
               seed: int) -> dict:
     model = char_model.CharTransformer(char_model.CharModelConfig(
         vocab_size, s.d_model, s.num_layers, s.num_heads, s.context, attention=attention,
-        positions=attention != "nala"))
+        positions=False, rope=attention != "nala"))
     params = jax.jit(char_model.init_params, static_argnums=0)(model, jax.random.PRNGKey(seed))
     loss_fn = char_model.lm_loss(model)
     rng = np.random.default_rng(seed)  # the same windows for both models

@@ -16,7 +16,7 @@ from experiments._runner import run_experiment
 def _model(attention):
     return char_model.CharTransformer(char_model.CharModelConfig(
         40, d_model=16, num_layers=2, num_heads=2, context=8, attention=attention,
-        positions=attention != "nala"))
+        positions=False, rope=attention != "nala"))
 
 
 def test_the_two_models_differ_only_in_the_attention_layer():
@@ -26,12 +26,10 @@ def test_the_two_models_differ_only_in_the_attention_layer():
         params = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8), jnp.int32))
         flat = jax.tree_util.tree_flatten_with_path(params)[0]
         trees[attention] = {jax.tree_util.keystr(p): x.shape for p, x in flat}
-    # the softmax model adds learned positions; NaLa has RoPE and LePE in its attention
-    outside = lambda tree: {k: v for k, v in tree.items()
-                            if "'attn'" not in k and "pos_embed" not in k}
+    # both see positions through RoPE inside their attention: no learned position table
+    outside = lambda tree: {k: v for k, v in tree.items() if "'attn'" not in k}
     assert outside(trees["nala"]) == outside(trees["softmax"])
-    assert "['params']['pos_embed']" in trees["softmax"]
-    assert "['params']['pos_embed']" not in trees["nala"]
+    assert not any("pos_embed" in k for tree in trees.values() for k in tree)
     assert any("'qkvg'" in k for k in trees["nala"])
     assert any("'query'" in k for k in trees["softmax"])
     with pytest.raises(ValueError, match="attention must be one of"):

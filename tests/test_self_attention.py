@@ -88,3 +88,33 @@ def test_bad_settings_raise(setup):
         SelfAttention(3, F).init(jax.random.PRNGKey(0), x)
     with pytest.raises(ValueError, match=r"\[batch, seq, features\]"):
         SelfAttention(HEADS, F).apply(params, x[0])
+
+
+def test_rope_option_rotates_q_and_k_like_an_explicit_formula():
+    """rope=True equals softmax attention on RoPE-rotated q, k computed by hand in NumPy."""
+
+    x = jax.random.normal(jax.random.key(3), (2, 12, 16))
+    model = SelfAttention(num_heads=2, qkv_features=16, causal=True, rope=True)
+    params = model.init(jax.random.key(0), x)
+    out = model.apply(params, x)
+    p = params["params"]
+    proj = lambda name: (np.asarray(x) @ np.asarray(p[name]["kernel"])
+                         + np.asarray(p[name]["bias"])).reshape(2, 12, 2, 8)
+    q, k, v = proj("query"), proj("key"), proj("value")
+    pos = np.arange(12)[:, None]
+    freq = 10000.0 ** (-np.arange(4) / 4)  # half-split pairs (j, j + d/2), d = 8
+    ang = pos * freq[None, :]
+    cos, sin = np.cos(ang)[None, :, None, :], np.sin(ang)[None, :, None, :]
+
+    def rotate(t):
+        a, b = t[..., :4], t[..., 4:]
+        return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=-1)
+
+    q, k = rotate(q), rotate(k)
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8)
+    logits = np.where(np.tril(np.ones((12, 12), bool)), logits, -np.inf)
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    y = np.einsum("bhqk,bkhd->bqhd", w, v).reshape(2, 12, 16)
+    ref = y @ np.asarray(p["out"]["kernel"]) + np.asarray(p["out"]["bias"])
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=2e-5, atol=2e-5)

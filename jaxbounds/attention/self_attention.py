@@ -10,6 +10,10 @@ with ``attention`` one of
   (:func:`~jaxbounds.attention.nalaformer.nala_attention`, default power scale and ε);
 * ``"hyper"``: HyperAttention (:func:`~jaxbounds.attention.hyper.hyper_attention`).
 
+With ``rope=True``, q and k are rotated by 1-D rotary position embeddings
+(:func:`~jaxbounds.attention.rope.rope_1d`, the half-split pairing) before the attention
+function, for every ``attention``.
+
 The parameters are the four Dense layers and nothing else, whatever ``attention`` is: a
 model trained with ``"softmax"`` can be re-instantiated with ``"hyper"`` for some layers and
 applied to the same params (HyperAttention's "patch the last ℓ layers" experiment).
@@ -41,6 +45,7 @@ class SelfAttention(nn.Module):
       use_bias: biases in the four Dense layers.
       block_size, sample_size, num_projections, min_seq_len: HyperAttention settings.
       implementation: kernel implementation for "nala" and "hyper" (None = default).
+      rope: rotate q and k by 1-D RoPE (positions 0 … seq − 1) before attending.
     """
 
     num_heads: int
@@ -54,6 +59,7 @@ class SelfAttention(nn.Module):
     num_projections: int = 7
     min_seq_len: int = 4096
     implementation: str | None = None
+    rope: bool = False
 
     @nn.compact
     def __call__(self, x, *, hyper_key: jax.Array | None = None):
@@ -73,6 +79,13 @@ class SelfAttention(nn.Module):
         q = split(dense(self.qkv_features, "query")(x))
         k = split(dense(self.qkv_features, "key")(x))
         v = split(dense(self.qkv_features, "value")(x))
+        tables = None
+        if self.rope:
+            from jaxbounds.attention.rope import apply_rope, rope_1d
+
+            tables = rope_1d(seq, head_dim)
+            if self.attention != "nala":  # nala_attention rotates its features itself
+                q, k = apply_rope(q, tables), apply_rope(k, tables)
 
         if self.attention == "softmax":
             from jaxbounds.attention.softmax import softmax_attention
@@ -81,7 +94,8 @@ class SelfAttention(nn.Module):
         elif self.attention == "nala":
             from jaxbounds.attention.nalaformer import nala_attention
 
-            y = nala_attention(q, k, v, causal=self.causal, implementation=self.implementation)
+            y = nala_attention(q, k, v, causal=self.causal, rope=tables,
+                               implementation=self.implementation)
         else:
             from jaxbounds.attention.hyper import hyper_attention
 
