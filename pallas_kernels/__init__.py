@@ -32,6 +32,7 @@ from pallas_kernels.linear_attention import (
     causal_linear_attention_sums,
     causal_linear_attention_sums_reference,
 )
+from pallas_kernels.newton_schulz import newton_schulz_steps
 from pallas_kernels.op import (
     ENV_VAR,
     IMPLEMENTATIONS,
@@ -58,6 +59,7 @@ __all__ = [
     "dora_matmul",
     "dora_matmul_reference",
     "implementation_sequence",
+    "newton_schulz_steps",
     "registry",
     "sampled_attention",
     "sampled_attention_reference",

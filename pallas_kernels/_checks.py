@@ -124,3 +124,28 @@ def check_sampled_inputs(q, ks, vs, sample_block, block_size) -> None:
         raise ValueError(f"vs {tuple(vs.shape)} and sample_block {tuple(sample_block.shape)} "
                          f"must match ks {tuple(ks.shape)} in batch, heads and m.")
     check_block_size(block_size, q.shape[2])
+
+
+def check_matrix(name: str, x):
+    """A floating array of rank >= 2 ([..., m, n])."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{name} must be an array, got {type(x).__name__}.")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have rank >= 2 ([..., m, n]), got shape "
+                         f"{tuple(x.shape)}.")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}.")
+    return x
+
+
+def check_coefficients(coefficients) -> tuple[tuple[float, float, float], ...]:
+    """A non-empty sequence of (a, b, c) Python numbers (the polynomial of each step)."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if (not isinstance(coefficients, Sequence) or not coefficients or not all(
+            isinstance(t, Sequence) and len(t) == 3 and all(map(number, t))
+            for t in coefficients)):
+        raise ValueError("coefficients must be a non-empty sequence of (a, b, c) triples of "
+                         f"Python numbers, got {coefficients!r}.")
+    return tuple(tuple(float(v) for v in t) for t in coefficients)

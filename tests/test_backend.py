@@ -163,10 +163,14 @@ def test_shipped_records_are_the_h200_check():
             ("block_attention", "float32"): False, ("block_attention", "bfloat16"): True,
             ("sampled_attention", "float32"): False, ("sampled_attention", "bfloat16"): True,
             ("causal_linear_attention", "float32"): True,
-            ("causal_linear_attention", "bfloat16"): True}
+            ("causal_linear_attention", "bfloat16"): True,
+            ("newton_schulz", "float32"): False, ("newton_schulz", "bfloat16"): False}
     records = [r for r in registry.verified_records() if r["device_kind"] == "NVIDIA H200"]
     assert {(r["kernel"], r["dtype"]): r["preferred"] for r in records} == want
-    assert all(r["verified"] and r["jax_version"] == "0.11.2" for r in records)
+    assert all(r["jax_version"] == "0.11.2" for r in records)
+    # every kernel verified on the card except the float32 Newton–Schulz (TF32-sized error)
+    unverified = {(r["kernel"], r["dtype"]) for r in records if not r["verified"]}
+    assert unverified == {("newton_schulz", "float32")}
 
 
 def _row(name, size, status="OK", kernel_ms=1.0, xla_ms=2.0):

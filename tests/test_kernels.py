@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pallas_kernels import block_attention as ba
-from pallas_kernels import dora
+from pallas_kernels import dora, newton_schulz
 from pallas_kernels import linear_attention as la
 from pallas_kernels.checking import check_kernel, relative_error
 from pallas_kernels.registry import KERNELS, families, split_name
@@ -80,7 +80,15 @@ def _sampled_attention_numpy(q, ks, vs, sample_block):
     return _softmax_lse_numpy(logits, keep, vs)
 
 
+def _newton_schulz_numpy(x):
+    for a, b, c in newton_schulz._COEFFICIENTS:  # fat X: A = X·Xᵀ
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x
+
+
 NUMPY_FORMULAS = {
+    "newton_schulz": _newton_schulz_numpy,
     "dora_matmul": _dora_numpy,
     "causal_linear_attention": _linear_attention_numpy,
     "block_attention": _block_attention_numpy,

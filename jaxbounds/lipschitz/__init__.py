@@ -5,13 +5,14 @@
 - :mod:`~jaxbounds.lipschitz.optim`: the optax parameter projection.
 - :mod:`~jaxbounds.lipschitz.certificate`: the model's certified Lipschitz bound.
 - :mod:`~jaxbounds.lipschitz.transformer`: ``LipschitzMLP`` and ``LipschitzTransformer``.
+- :mod:`~jaxbounds.lipschitz.muon`: Muon with the Newton–Schulz op (kernel or XLA).
 
 Modules are imported on first use: ``from jaxbounds.lipschitz import constraints``.
 """
 
 import importlib
 
-_MODULES = ("certificate", "constraints", "optim", "transformer")
+_MODULES = ("certificate", "constraints", "muon", "optim", "transformer")
 __all__ = list(_MODULES)
 
 

@@ -322,7 +322,8 @@ def _msign_schedule(num_steps: int):
     return base + (_MSIGN_FIXED_POINT,) * max(0, num_steps - len(base))
 
 
-def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
+def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST,
+          implementation=None):
     """Matrix sign (polar factor) U·sign(Σ)·Vᵀ by Newton–Schulz, batched over leading dims.
 
     X is first scaled by s = ‖(XᵀX)²‖_F^{1/4} ≥ σ_max (an over-estimate by at most
@@ -330,7 +331,12 @@ def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
     quintic schedule :data:`MSIGN_COEFFICIENTS` runs (3 matrix products per step). Accuracy:
     singular values with σ/s ≥ 1e-3 are sent to 1 within float roundoff with the default 8
     steps; smaller ones are sent to values in (0, 1) (a zero singular value stays 0).
+
+    Steps after the first run through :func:`pallas_kernels.newton_schulz_steps` with
+    ``implementation`` (None: the default dispatch; "xla" off a CUDA GPU).
     """
+    from pallas_kernels import newton_schulz_steps  # the Newton–Schulz op
+
     x = _linalg.check_matrix(x, "x")
     check_int("num_steps", num_steps, minimum=1)
     dtype = compute_dtype(x)
@@ -344,23 +350,23 @@ def msign(x, *, num_steps: int = DEFAULT_MSIGN_STEPS, precision=_HIGHEST):
     # nor overflow. A zero matrix stays exactly zero.
     fro = jnp.linalg.norm(x, axis=(-2, -1), keepdims=True)
     x = x / jnp.maximum(fro, tiny)
-    schedule = _msign_schedule(num_steps)
-    for step, (a, b, c) in enumerate(schedule):
-        gram = _mm(_mT(x), x, precision)
-        gram2 = _mm(gram, gram, precision)
-        if step == 0:
-            s2 = jnp.sqrt(jnp.linalg.norm(gram2, axis=(-2, -1)))  # ≥ σ_max²
-            s2 = jnp.maximum(s2, tiny)[..., None, None]
-            x = x / jnp.sqrt(s2)
-            gram = gram / s2
-            gram2 = (gram2 / s2) / s2
-        x = a * x + _mm(x, b * gram + c * gram2, precision)
+    (a, b, c), *rest = _msign_schedule(num_steps)
+    gram = _mm(_mT(x), x, precision)
+    gram2 = _mm(gram, gram, precision)
+    s2 = jnp.sqrt(jnp.linalg.norm(gram2, axis=(-2, -1)))  # ≥ σ_max²
+    s2 = jnp.maximum(s2, tiny)[..., None, None]
+    x = x / jnp.sqrt(s2)
+    gram = gram / s2
+    gram2 = (gram2 / s2) / s2
+    x = a * x + _mm(x, b * gram + c * gram2, precision)
+    if rest:
+        x = newton_schulz_steps(x, rest, precision=precision, implementation=implementation)
     return x if tall else _mT(x)
 
 
 def spectral_hard_cap(w, w_max, *, key=None, layout: str = "flax", norm: str = "spectral",
                       num_steps: int = DEFAULT_MSIGN_STEPS, paper_coefficients: bool = False,
-                      precision=_HIGHEST):
+                      precision=_HIGHEST, implementation=None):
     """Hard cap: min(σ, w_max) on every singular value, with matrix products only.
 
     With Q = msign(W) and M = W − w_max·Q (= U(Σ − w_max)Vᵀ), msign(M)·Qᵀ·M = U|Σ − w_max|Vᵀ,
@@ -381,6 +387,7 @@ def spectral_hard_cap(w, w_max, *, key=None, layout: str = "flax", norm: str = "
     ``paper_coefficients=True`` instead runs the paper's fixed four quintic steps
     (:data:`PAPER_HARD_CAP_COEFFICIENTS`) on W/w_max; it overshoots the cap by about 1% and
     is only accurate for σ up to a few w_max. ``num_steps`` is ignored there.
+    ``implementation`` is passed to :func:`msign` (the Newton–Schulz op).
     """
     del key
     w, x, bound = _bounded(w, w_max, layout, norm)
@@ -391,9 +398,9 @@ def spectral_hard_cap(w, w_max, *, key=None, layout: str = "flax", norm: str = "
             y = _gram_step(y, a, b, c, precision)
         out = y * bound
     else:
-        q = msign(x, num_steps=num_steps, precision=precision)
+        q = msign(x, num_steps=num_steps, precision=precision, implementation=implementation)
         m = x - bound * q
-        sm = msign(m, num_steps=num_steps, precision=precision)
+        sm = msign(m, num_steps=num_steps, precision=precision, implementation=implementation)
         if x.shape[-2] >= x.shape[-1]:  # Qᵀ M is [fan_in, fan_in]
             corr = _mm(sm, _mm(_mT(q), m, precision), precision)
         else:  # msign(M)·Qᵀ·M = (M·Qᵀ)·msign(M) for these aligned matrix functions
