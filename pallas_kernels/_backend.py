@@ -89,3 +89,18 @@ def pad_axis(x: jax.Array, axis: int, multiple: int) -> jax.Array:
     widths = [(0, 0)] * x.ndim
     widths[axis] = (0, target - size)
     return jnp.pad(x, widths)
+
+
+def abstract_gpu(device_kind: str = "NVIDIA H200"):
+    """A context in which kernels lower for CUDA without a GPU (``.lower(lowering_platforms=
+    ("cuda",))``): jax ≥ 0.12 needs an abstract mesh over an abstract CUDA device for the
+    Triton lowering to pick its target; older jax lowers without one (a null context)."""
+    import contextlib
+
+    abstract_device = getattr(jax.sharding, "AbstractDevice", None)
+    if abstract_device is None or not hasattr(jax.sharding, "use_abstract_mesh"):
+        return contextlib.nullcontext()
+    mesh = jax.sharding.AbstractMesh(
+        (1,), ("x",),
+        abstract_device=abstract_device(device_kind=device_kind, num_cores=None, platform="cuda"))
+    return jax.sharding.use_abstract_mesh(mesh)
